@@ -1,0 +1,2 @@
+//! Packet benchmark against sphinx-packet (being written).
+fn main() {}
