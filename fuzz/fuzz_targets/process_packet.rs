@@ -142,11 +142,11 @@ fn arbitrary_packet(fx: &Fixture, data: &[u8]) {
     );
     let _ = packet.epoch();
     // Errors are fine; panics are not.
-    if let Ok(processed) = fx.node.process(packet) {
-        if let Action::Forward { packet, .. } = processed.action {
-            assert_eq!(packet.as_bytes().len(), PACKET_SIZE);
-            assert_eq!(packet.epoch(), EPOCH, "forwarding changed the epoch");
-        }
+    if let Ok(processed) = fx.node.process(packet)
+        && let Action::Forward { packet, .. } = processed.action
+    {
+        assert_eq!(packet.as_bytes().len(), PACKET_SIZE);
+        assert_eq!(packet.epoch(), EPOCH, "forwarding changed the epoch");
     }
 }
 
@@ -211,7 +211,10 @@ fn modified_packet(fx: &Fixture, data: &[u8]) {
                 assert!(message[MESSAGE.len()..].iter().all(|b| *b == 0));
                 return;
             }
-            other => panic!("hop {i} of {} returned {other:?} (changed: {changed})", last + 1),
+            other => panic!(
+                "hop {i} of {} returned {other:?} (changed: {changed})",
+                last + 1
+            ),
         }
     }
     unreachable!("the last hop returns from the loop");
