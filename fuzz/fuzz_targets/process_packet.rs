@@ -13,7 +13,6 @@
 
 #![no_main]
 
-use std::convert::Infallible;
 use std::sync::OnceLock;
 
 use chainmail_packet::{
@@ -21,7 +20,6 @@ use chainmail_packet::{
     build_packet,
 };
 use libfuzzer_sys::fuzz_target;
-use rand_core::{TryCryptoRng, TryRng};
 
 /// Epoch of every key here.
 const EPOCH: Epoch = Epoch(7);
@@ -33,36 +31,10 @@ const ROUTE_SECRETS: [[u8; 32]; 3] = [NODE_SECRET, [0x22; 32], [0x33; 32]];
 const MAILBOX: MailboxId = MailboxId([0x4d; 32]);
 const MESSAGE: &[u8] = b"chainmail fuzz: the message that must arrive intact";
 
-/// A deterministic RNG: the BLAKE3 XOF of a seed (as in the crate's tests).
-struct XofRng(blake3::OutputReader);
-
-impl XofRng {
-    fn new(seed: &str) -> Self {
-        let mut h = blake3::Hasher::new_derive_key("chainmail-packet fuzz rng");
-        h.update(seed.as_bytes());
-        XofRng(h.finalize_xof())
-    }
-}
-
-impl TryRng for XofRng {
-    type Error = Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-        let mut b = [0u8; 4];
-        self.0.fill(&mut b);
-        Ok(u32::from_le_bytes(b))
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
-        let mut b = [0u8; 8];
-        self.0.fill(&mut b);
-        Ok(u64::from_le_bytes(b))
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
-        self.0.fill(dst);
-        Ok(())
-    }
-}
-
-impl TryCryptoRng for XofRng {}
+/// The crate's test support: its deterministic `XofRng`.
+#[path = "../../crates/chainmail-packet/tests/common/mod.rs"]
+mod common;
+use common::XofRng;
 
 struct RouteNode {
     id: NodeId,
