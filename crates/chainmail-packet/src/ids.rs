@@ -8,6 +8,7 @@ macro_rules! byte_id {
     ($(#[$doc:meta])* $name:ident, $size:expr) => {
         $(#[$doc])*
         #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
         pub struct $name(pub [u8; $size]);
 
         impl $name {
@@ -70,6 +71,7 @@ byte_id!(
 /// Identifier of a mix-key epoch. A packet names the epoch whose keys it was
 /// made for; nodes keep the keys of the live epochs and reject the rest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Epoch(pub u32);
 
 impl fmt::Display for Epoch {

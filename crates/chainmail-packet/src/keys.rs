@@ -15,6 +15,7 @@ use crate::{Epoch, PacketError};
 
 /// An X25519 mix public key, as published in a node descriptor.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct MixPublicKey(pub [u8; 32]);
 
 impl fmt::Debug for MixPublicKey {

@@ -1,0 +1,739 @@
+//! The client core: Loopix sending, acknowledgements through SURBs,
+//! retransmission, and fetching from the client's own mailboxes.
+//!
+//! Three independent Poisson streams leave the client, and an observer of
+//! its link sees only their sum, whatever the client is doing:
+//! - λP, the payload stream: at each tick the next queued packet (a message
+//!   or an acknowledgement) or, if none is queued, drop cover;
+//! - λL, loop cover: through the mixes back into the client's own mailbox;
+//! - λD, drop cover: to a random provider, which discards it.
+//!
+//! Every message carries a SURB for its acknowledgement. The SURB starts at
+//! the recipient's provider that the message went to and ends in one of the
+//! sender's mailboxes, so the recipient learns nothing about the sender and
+//! sends the acknowledgement in its own payload stream like any packet. A
+//! message without acknowledgement is sent again, with backoff, alternating
+//! between the recipient's providers, so one provider failing loses nothing.
+//! The recipient drops duplicates but acknowledges each copy.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chainmail_packet::{
+    Epoch, MESSAGE_SIZE, MailboxId, NodeId, Packet, SurbId, SurbSecrets, build_packet, build_surb,
+};
+use ed25519_dalek::SigningKey;
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::message::{
+    self, ClientAddress, DISCARD_MAILBOX, FetchRequest, FetchResponse, Inner, MAX_BODY,
+    MailboxItem, MessageId, SealKey, mailbox_id,
+};
+use crate::node::poisson_gap;
+use crate::{DirNode, EpochDirectory, MixnetError, Params, Time};
+
+/// Configuration of a client core.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Network parameters (rates, delays).
+    pub params: Params,
+    /// Most messages waiting to be sent.
+    pub max_queue: usize,
+    /// Time to wait for the first acknowledgement before sending again;
+    /// doubled after every attempt.
+    pub ack_timeout: Duration,
+    /// Attempts before a message is reported failed.
+    pub max_attempts: u32,
+    /// How long a fetch may wait at the provider for mail.
+    pub fetch_wait: Duration,
+}
+
+impl ClientConfig {
+    /// Defaults for `params`.
+    pub fn new(params: Params) -> Self {
+        ClientConfig {
+            params,
+            max_queue: 1000,
+            ack_timeout: Duration::from_secs(10),
+            max_attempts: 6,
+            fetch_wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A client's long-term secrets (persist them; they are its identity in
+/// the mixnet).
+pub struct ClientKeys {
+    /// Key that messages to the client are sealed to.
+    pub seal: SealKey,
+    /// One owner key per mailbox, with the provider that holds it.
+    pub mailboxes: Vec<(NodeId, SigningKey)>,
+}
+
+impl ClientKeys {
+    /// Fresh keys for mailboxes at `providers`.
+    pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R, providers: &[NodeId]) -> Self {
+        ClientKeys {
+            seal: SealKey::generate(rng),
+            mailboxes: providers
+                .iter()
+                .map(|p| {
+                    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+                    rng.fill_bytes(&mut secret[..]);
+                    (*p, SigningKey::from_bytes(&secret))
+                })
+                .collect(),
+        }
+    }
+
+    /// The address others use to reach this client.
+    pub fn address(&self) -> ClientAddress {
+        ClientAddress {
+            seal_key: self.seal.public(),
+            mailboxes: self
+                .mailboxes
+                .iter()
+                .map(|(p, k)| (*p, mailbox_id(&k.verifying_key().to_bytes())))
+                .collect(),
+        }
+    }
+}
+
+/// What happened, for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A message arrived (each message once, however often it was sent).
+    Received {
+        /// Its id.
+        id: MessageId,
+        /// Its body.
+        body: Vec<u8>,
+    },
+    /// A message sent by this client was acknowledged by its recipient.
+    Delivered {
+        /// Its id.
+        id: MessageId,
+        /// Time from `send` to the acknowledgement.
+        after: Duration,
+    },
+    /// A message was not acknowledged after every attempt.
+    Failed {
+        /// Its id.
+        id: MessageId,
+    },
+    /// A loop cover packet came back after this round trip.
+    LoopReturned {
+        /// Round-trip time.
+        rtt: Duration,
+    },
+}
+
+/// Counters.
+#[derive(Clone, Debug, Default)]
+pub struct ClientStats {
+    /// Real packets sent (messages and retransmissions).
+    pub real_sent: u64,
+    /// Acknowledgements sent.
+    pub acks_sent: u64,
+    /// Drop cover sent (substituted in the payload stream or on its own).
+    pub drop_sent: u64,
+    /// Loop cover sent.
+    pub loops_sent: u64,
+    /// Loops that came back.
+    pub loops_returned: u64,
+    /// Retransmissions.
+    pub retransmissions: u64,
+    /// Duplicate messages received (and acknowledged again).
+    pub duplicates: u64,
+    /// Mailbox items that could not be opened.
+    pub undecryptable: u64,
+    /// Ticks with no usable directory (nothing sent).
+    pub no_route: u64,
+}
+
+impl ClientStats {
+    /// Every packet this client put on its link.
+    pub fn packets_sent(&self) -> u64 {
+        self.real_sent + self.acks_sent + self.drop_sent + self.loops_sent
+    }
+}
+
+enum Outgoing {
+    Message(MessageId),
+    Ack { first_hop: NodeId, packet: Packet },
+}
+
+struct Pending {
+    to: ClientAddress,
+    body: Vec<u8>,
+    created: Time,
+    attempts: u32,
+    retry_at: Option<Time>,
+    surbs: Vec<SurbId>,
+}
+
+struct OwnMailbox {
+    provider: NodeId,
+    key: SigningKey,
+    id: MailboxId,
+    /// Highest sequence number handled (acknowledged in the next fetch).
+    handled: u64,
+    fetching: bool,
+    retry_fetch_at: Option<Time>,
+}
+
+/// Remembers the last `cap` message ids seen.
+struct Seen {
+    order: VecDeque<MessageId>,
+    set: HashSet<MessageId>,
+    cap: usize,
+}
+
+impl Seen {
+    fn insert(&mut self, id: MessageId) -> bool {
+        if !self.set.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// A mixnet client.
+pub struct Client {
+    config: ClientConfig,
+    rng: StdRng,
+    keys: ClientKeys,
+    mailboxes: Vec<OwnMailbox>,
+    down: HashSet<NodeId>,
+    directories: BTreeMap<Epoch, Arc<EpochDirectory>>,
+    queue: VecDeque<Outgoing>,
+    pending: HashMap<MessageId, Pending>,
+    surbs: HashMap<SurbId, (SurbSecrets, MessageId)>,
+    seen: Seen,
+    loops: HashMap<[u8; 16], Time>,
+    next_payload: Option<Time>,
+    next_loop: Option<Time>,
+    next_drop: Option<Time>,
+    outbox: VecDeque<(NodeId, Packet)>,
+    fetches: VecDeque<(NodeId, Vec<u8>)>,
+    events: VecDeque<ClientEvent>,
+    stats: ClientStats,
+}
+
+const MAX_SURBS: usize = 20_000;
+const MAX_LOOPS: usize = 1000;
+
+impl Client {
+    /// A client with `keys`; `seed` seeds its randomness.
+    pub fn new(config: ClientConfig, keys: ClientKeys, seed: [u8; 32]) -> Self {
+        let mailboxes = keys
+            .mailboxes
+            .iter()
+            .map(|(provider, key)| OwnMailbox {
+                provider: *provider,
+                key: key.clone(),
+                id: mailbox_id(&key.verifying_key().to_bytes()),
+                handled: 0,
+                fetching: false,
+                retry_fetch_at: None,
+            })
+            .collect();
+        Client {
+            config,
+            rng: StdRng::from_seed(seed),
+            keys,
+            mailboxes,
+            down: HashSet::new(),
+            directories: BTreeMap::new(),
+            queue: VecDeque::new(),
+            pending: HashMap::new(),
+            surbs: HashMap::new(),
+            seen: Seen {
+                order: VecDeque::new(),
+                set: HashSet::new(),
+                cap: 100_000,
+            },
+            loops: HashMap::new(),
+            next_payload: None,
+            next_loop: None,
+            next_drop: None,
+            outbox: VecDeque::new(),
+            fetches: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// This client's address.
+    pub fn address(&self) -> ClientAddress {
+        self.keys.address()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &ClientStats {
+        &self.stats
+    }
+
+    /// Messages sent and not yet acknowledged or failed.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Sets the directory of an epoch.
+    pub fn set_directory(&mut self, directory: Arc<EpochDirectory>) {
+        self.directories.insert(directory.epoch, directory);
+        while self.directories.len() > 3 {
+            self.directories.pop_first();
+        }
+    }
+
+    /// Marks one of the client's providers as unreachable (or reachable
+    /// again): packets then enter through the others.
+    pub fn set_provider_down(&mut self, provider: NodeId, down: bool) {
+        if down {
+            self.down.insert(provider);
+        } else {
+            self.down.remove(&provider);
+        }
+    }
+
+    /// Queues a message for `to`. It leaves at the next tick of the payload
+    /// stream; the result is its id, which later events refer to.
+    pub fn send(
+        &mut self,
+        now: Time,
+        to: &ClientAddress,
+        body: &[u8],
+    ) -> Result<MessageId, MixnetError> {
+        to.validate()?;
+        if body.len() > MAX_BODY {
+            return Err(MixnetError::MessageTooLong {
+                actual: body.len(),
+                max: MAX_BODY,
+            });
+        }
+        if self.queue.len() >= self.config.max_queue {
+            return Err(MixnetError::QueueFull(self.queue.len()));
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        self.pending.insert(
+            id,
+            Pending {
+                to: to.clone(),
+                body: body.to_vec(),
+                created: now,
+                attempts: 0,
+                retry_at: None,
+                surbs: vec![],
+            },
+        );
+        self.queue.push_back(Outgoing::Message(id));
+        Ok(id)
+    }
+
+    /// Advances time: the three Poisson streams, retransmissions, fetches.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let rates = self.config.params.rates;
+        if Self::due(
+            &mut self.rng,
+            &mut self.next_payload,
+            now,
+            rates.payload_per_s,
+        ) {
+            self.payload_tick(now);
+        }
+        if Self::due(&mut self.rng, &mut self.next_loop, now, rates.loop_per_s) {
+            self.loop_tick(now);
+        }
+        if Self::due(&mut self.rng, &mut self.next_drop, now, rates.drop_per_s) {
+            self.send_drop(now);
+        }
+        self.retransmit(now);
+        self.schedule_fetches(now);
+    }
+
+    /// Whether a stream's tick is due; schedules the next one.
+    fn due(rng: &mut StdRng, next: &mut Option<Time>, now: Time, rate: f64) -> bool {
+        if rate <= 0.0 {
+            return false;
+        }
+        let at = *next.get_or_insert_with(|| now + poisson_gap(rng, rate));
+        if now < at {
+            return false;
+        }
+        // Skipped ticks (the driver came back late) are not made up: the
+        // stream stays a Poisson process from here.
+        *next = Some(now.max(at) + poisson_gap(rng, rate));
+        true
+    }
+
+    fn directory(&self, now: Time) -> Option<Arc<EpochDirectory>> {
+        self.directories
+            .get(&self.config.params.epoch_at(now))
+            .cloned()
+    }
+
+    /// One of the client's live providers, as listed in `directory`.
+    fn own_provider<'a>(&mut self, directory: &'a EpochDirectory) -> Option<&'a DirNode> {
+        let live: Vec<&DirNode> = self
+            .mailboxes
+            .iter()
+            .filter(|m| !self.down.contains(&m.provider))
+            .filter_map(|m| directory.provider(&m.provider))
+            .collect();
+        (!live.is_empty()).then(|| live[self.rng.random_range(0..live.len())])
+    }
+
+    fn payload_tick(&mut self, now: Time) {
+        match self.queue.pop_front() {
+            None => self.send_drop(now),
+            Some(Outgoing::Ack { first_hop, packet }) => {
+                self.stats.acks_sent += 1;
+                self.outbox.push_back((first_hop, packet));
+            }
+            Some(Outgoing::Message(id)) => {
+                if self.send_message(now, id).is_err() {
+                    // No route now: put it back and send cover instead, so
+                    // the stream keeps its rate.
+                    self.stats.no_route += 1;
+                    self.queue.push_front(Outgoing::Message(id));
+                    self.send_drop(now);
+                }
+            }
+        }
+    }
+
+    fn send_message(&mut self, now: Time, id: MessageId) -> Result<(), MixnetError> {
+        let Some(pending) = self.pending.get(&id) else {
+            return Ok(());
+        };
+        let directory = self
+            .directory(now)
+            .ok_or_else(|| MixnetError::NoRoute("no directory for this epoch".into()))?;
+        let epoch = directory.epoch;
+        let mean = self.config.params.rates.mean_delay_ms;
+        // Alternate between the recipient's mailboxes, attempt by attempt.
+        let boxes = &pending.to.mailboxes;
+        let (their_provider_id, their_mailbox) = boxes[pending.attempts as usize % boxes.len()];
+        let their_provider = directory.provider(&their_provider_id).ok_or_else(|| {
+            MixnetError::NoRoute("recipient's provider is not in the directory".into())
+        })?;
+        let seal_to = pending.to.seal_key;
+        let body = pending.body.clone();
+        // The acknowledgement comes back into one of our mailboxes.
+        let reply_provider = self
+            .own_provider(&directory)
+            .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
+        let reply_mailbox = self
+            .mailboxes
+            .iter()
+            .find(|m| m.provider == reply_provider.id)
+            .map(|m| m.id)
+            .ok_or_else(|| MixnetError::NoRoute("own mailbox missing".into()))?;
+        let surb_route = directory.route(&mut self.rng, their_provider, reply_provider, mean)?;
+        let (surb, secrets) = build_surb(&mut self.rng, epoch, &surb_route, reply_mailbox)?;
+        let inner = Inner::Data {
+            id,
+            surb: Some(Box::new(surb)),
+            body,
+        }
+        .encode()?;
+        let sealed = message::seal(&mut self.rng, &seal_to, &inner);
+        let entry = self
+            .own_provider(&directory)
+            .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
+        let route = directory.route(&mut self.rng, entry, their_provider, mean)?;
+        let packet = build_packet(&mut self.rng, epoch, &route, their_mailbox, &sealed[..])?;
+        let surb_id = secrets.id();
+        if self.surbs.len() >= MAX_SURBS {
+            return Err(MixnetError::NoRoute(
+                "too many acknowledgements outstanding".into(),
+            ));
+        }
+        self.surbs.insert(surb_id, (secrets, id));
+        if let Some(p) = self.pending.get_mut(&id) {
+            if p.attempts > 0 {
+                self.stats.retransmissions += 1;
+            }
+            p.attempts += 1;
+            p.surbs.push(surb_id);
+            let backoff = self.config.ack_timeout * 2u32.saturating_pow(p.attempts - 1).min(64);
+            p.retry_at = Some(now + backoff);
+        }
+        self.stats.real_sent += 1;
+        self.outbox.push_back((route[0].node, packet));
+        Ok(())
+    }
+
+    fn send_drop(&mut self, now: Time) {
+        let Some(directory) = self.directory(now) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let Some(entry) = self.own_provider(&directory) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let Some(target) = directory.random_provider(&mut self.rng) else {
+            return;
+        };
+        let mean = self.config.params.rates.mean_delay_ms;
+        let Ok(route) = directory.route(&mut self.rng, entry, target, mean) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let mut noise = vec![0u8; MESSAGE_SIZE];
+        self.rng.fill_bytes(&mut noise);
+        if let Ok(packet) = build_packet(
+            &mut self.rng,
+            directory.epoch,
+            &route,
+            DISCARD_MAILBOX,
+            &noise,
+        ) {
+            self.stats.drop_sent += 1;
+            self.outbox.push_back((route[0].node, packet));
+        }
+    }
+
+    fn loop_tick(&mut self, now: Time) {
+        let Some(directory) = self.directory(now) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let (Some(entry), Some(exit)) =
+            (self.own_provider(&directory), self.own_provider(&directory))
+        else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let Some(mailbox) = self
+            .mailboxes
+            .iter()
+            .find(|m| m.provider == exit.id)
+            .map(|m| m.id)
+        else {
+            return;
+        };
+        let mean = self.config.params.rates.mean_delay_ms;
+        let Ok(route) = directory.route(&mut self.rng, entry, exit, mean) else {
+            self.stats.no_route += 1;
+            return;
+        };
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let Ok(inner) = (Inner::Loop { id }).encode() else {
+            return;
+        };
+        let sealed = message::seal(&mut self.rng, &self.keys.seal.public(), &inner);
+        if let Ok(packet) =
+            build_packet(&mut self.rng, directory.epoch, &route, mailbox, &sealed[..])
+        {
+            if self.loops.len() < MAX_LOOPS {
+                self.loops.insert(id, now);
+            }
+            self.stats.loops_sent += 1;
+            self.outbox.push_back((route[0].node, packet));
+        }
+    }
+
+    fn retransmit(&mut self, now: Time) {
+        let due: Vec<MessageId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.retry_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            p.retry_at = None;
+            if p.attempts >= self.config.max_attempts {
+                if let Some(p) = self.pending.remove(&id) {
+                    for s in p.surbs {
+                        self.surbs.remove(&s);
+                    }
+                }
+                self.events.push_back(ClientEvent::Failed { id });
+            } else {
+                self.queue.push_back(Outgoing::Message(id));
+            }
+        }
+    }
+
+    fn schedule_fetches(&mut self, now: Time) {
+        let wait_ms = u32::try_from(self.config.fetch_wait.as_millis()).unwrap_or(u32::MAX);
+        for m in &mut self.mailboxes {
+            if m.fetching || m.retry_fetch_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let mut nonce = [0u8; 16];
+            self.rng.fill_bytes(&mut nonce);
+            let request = FetchRequest {
+                owner: m.key.verifying_key().to_bytes(),
+                provider: m.provider,
+                ack_through: m.handled,
+                issued_at: now,
+                nonce,
+                wait_ms,
+            };
+            m.fetching = true;
+            m.retry_fetch_at = None;
+            self.fetches.push_back((m.provider, request.sign(&m.key)));
+        }
+    }
+
+    /// Handles the provider's answer to a fetch. Events for the received
+    /// items come out of [`Client::poll_event`]; the items are deleted at
+    /// the provider with the next fetch, so the application must store what
+    /// it needs before polling the next fetch.
+    pub fn handle_fetch_response(&mut self, now: Time, provider: NodeId, bytes: &[u8]) {
+        let Some(index) = self.mailboxes.iter().position(|m| m.provider == provider) else {
+            return;
+        };
+        self.mailboxes[index].fetching = false;
+        let response = match FetchResponse::decode(bytes) {
+            Ok(r) if r.refused.is_none() => r,
+            _ => return self.fetch_failed_at(index, now),
+        };
+        for (seq, item) in response.items {
+            if seq <= self.mailboxes[index].handled {
+                continue;
+            }
+            self.mailboxes[index].handled = seq;
+            match MailboxItem::decode(&item) {
+                Ok(MailboxItem::Message(sealed)) => self.handle_message(now, &sealed),
+                Ok(MailboxItem::Reply { surb_id, payload }) => {
+                    self.handle_reply(now, surb_id, &payload)
+                }
+                Err(_) => self.stats.undecryptable += 1,
+            }
+        }
+    }
+
+    /// The fetch to `provider` failed (no connection, timeout): try again
+    /// a little later.
+    pub fn handle_fetch_failed(&mut self, now: Time, provider: NodeId) {
+        if let Some(index) = self.mailboxes.iter().position(|m| m.provider == provider) {
+            self.fetch_failed_at(index, now);
+        }
+    }
+
+    fn fetch_failed_at(&mut self, index: usize, now: Time) {
+        let m = &mut self.mailboxes[index];
+        m.fetching = false;
+        m.retry_fetch_at = Some(now + Duration::from_secs(2));
+    }
+
+    fn handle_message(&mut self, now: Time, sealed: &[u8; MESSAGE_SIZE]) {
+        let inner = match message::open(&self.keys.seal, sealed).and_then(|p| Inner::decode(&p)) {
+            Ok(inner) => inner,
+            Err(_) => {
+                self.stats.undecryptable += 1;
+                return;
+            }
+        };
+        match inner {
+            Inner::Data { id, surb, body } => {
+                if self.seen.insert(id) {
+                    self.events.push_back(ClientEvent::Received { id, body });
+                } else {
+                    self.stats.duplicates += 1;
+                }
+                if let Some(surb) = surb {
+                    let first_hop = surb.first_hop();
+                    if let Ok(packet) = surb.into_reply(&message::encode_ack(&id)) {
+                        self.queue.push_front(Outgoing::Ack { first_hop, packet });
+                    }
+                }
+            }
+            Inner::Loop { id } => {
+                if let Some(sent) = self.loops.remove(&id) {
+                    self.stats.loops_returned += 1;
+                    self.events.push_back(ClientEvent::LoopReturned {
+                        rtt: now.saturating_since(sent),
+                    });
+                }
+            }
+        }
+    }
+
+    fn handle_reply(
+        &mut self,
+        now: Time,
+        surb_id: SurbId,
+        payload: &[u8; chainmail_packet::PAYLOAD_SIZE],
+    ) {
+        let Some((secrets, _)) = self.surbs.remove(&surb_id) else {
+            return;
+        };
+        let Ok(reply) = secrets.open(surb_id, payload) else {
+            self.stats.undecryptable += 1;
+            return;
+        };
+        let Ok(id) = message::decode_ack(&reply) else {
+            self.stats.undecryptable += 1;
+            return;
+        };
+        if let Some(p) = self.pending.remove(&id) {
+            for s in p.surbs {
+                self.surbs.remove(&s);
+            }
+            self.events.push_back(ClientEvent::Delivered {
+                id,
+                after: now.saturating_since(p.created),
+            });
+        }
+    }
+
+    /// When to call [`Client::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let retry = self.pending.values().filter_map(|p| p.retry_at).min();
+        let fetch = self.mailboxes.iter().filter_map(|m| m.retry_fetch_at).min();
+        let fetch_now = self
+            .mailboxes
+            .iter()
+            .any(|m| !m.fetching && m.retry_fetch_at.is_none());
+        let soonest = [
+            self.next_payload,
+            self.next_loop,
+            self.next_drop,
+            retry,
+            fetch,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if fetch_now || self.next_payload.is_none() {
+            // Not started yet, or a fetch to send: come back at once.
+            return Some(Time(0));
+        }
+        soonest
+    }
+
+    /// The next packet to send: (first hop, packet). The first hop is always
+    /// one of this client's providers.
+    pub fn poll_transmit(&mut self) -> Option<(NodeId, Packet)> {
+        self.outbox.pop_front()
+    }
+
+    /// The next fetch request: (provider, signed request bytes).
+    pub fn poll_fetch(&mut self) -> Option<(NodeId, Vec<u8>)> {
+        self.fetches.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+}

@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod client;
+pub mod descriptor;
+pub mod directory;
+mod error;
+mod keys;
+pub mod mailbox;
+pub mod message;
+pub mod node;
+mod params;
+mod replay;
+mod time;
+
+pub use client::{Client, ClientConfig, ClientEvent, ClientKeys, ClientStats};
+pub use descriptor::{NodeDescriptor, Roles, network_hash};
+pub use directory::{DescriptorSet, DirNode, EpochDirectory, Inserted, exponential_ms};
+pub use error::MixnetError;
+pub use keys::{KeyRing, Rotation};
+pub use mailbox::{MailboxStore, MemoryMailboxes};
+pub use node::{DropReason, Node, NodeConfig, NodeEvent, NodeStats, Transmit};
+pub use params::{Params, Preset, TrafficRates};
+pub use replay::ReplayFilter;
+pub use time::Time;
