@@ -1,0 +1,173 @@
+//! The node's composed network behaviour and how it is built from a
+//! [`NetConfig`].
+
+use std::{collections::HashSet, sync::Arc};
+
+use libp2p::{
+    StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
+    request_response, swarm::NetworkBehaviour,
+};
+
+use crate::{
+    config::{NetConfig, ProtocolNames},
+    error::NetError,
+    metrics::Counters,
+    packet,
+    protocol::FetchCodec,
+};
+
+/// Gossipsub limited to the descriptor topic: subscriptions of remote peers
+/// to any other topic are ignored, so its per-peer state stays bounded.
+pub(crate) type Gossipsub =
+    gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>;
+
+/// Room for gossipsub's framing (signature, key, topic, sequence number)
+/// on top of the payload.
+const GOSSIP_OVERHEAD: usize = 1024;
+
+/// Room for a Kademlia message's other fields (key, closer peers with their
+/// addresses) on top of one record value.
+const KAD_OVERHEAD: usize = 16 * 1024;
+
+/// All protocols of a node. Connection limits come first, so a connection
+/// over the limits is refused before any other behaviour sets up state.
+#[derive(NetworkBehaviour)]
+pub(crate) struct NodeBehaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: Gossipsub,
+    pub(crate) fetch: request_response::Behaviour<FetchCodec>,
+    pub(crate) packet: packet::Behaviour,
+}
+
+fn stream_protocol(name: &str) -> Result<StreamProtocol, NetError> {
+    StreamProtocol::try_from_owned(name.to_owned()).map_err(|e| NetError::InvalidConfig {
+        field: "network_id",
+        reason: format!("gives an invalid protocol name {name:?}: {e}"),
+    })
+}
+
+impl NodeBehaviour {
+    pub(crate) fn new(
+        config: &NetConfig,
+        names: &ProtocolNames,
+        keypair: &Keypair,
+        counters: Arc<Counters>,
+    ) -> Result<Self, NetError> {
+        let limits = &config.limits;
+        let timeouts = &config.timeouts;
+        let local_peer_id = keypair.public().to_peer_id();
+
+        let connection_limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(limits.max_connections))
+                .with_max_established_per_peer(Some(limits.max_connections_per_peer))
+                .with_max_pending_incoming(Some(limits.max_pending_connections))
+                .with_max_pending_outgoing(Some(limits.max_pending_connections)),
+        );
+
+        // Identify: its protocol version carries the network id; the driver
+        // disconnects peers whose version differs. No address cache: peer
+        // addresses come from Kademlia, and only for peers of this network.
+        let identify = identify::Behaviour::new(
+            identify::Config::new(names.identify_version.clone(), keypair.public())
+                .with_agent_version(format!("chainmail-net/{}", env!("CARGO_PKG_VERSION")))
+                .with_cache_size(0),
+        );
+
+        let ping = ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(timeouts.ping_interval)
+                .with_timeout(timeouts.ping_timeout),
+        );
+
+        let mut kad_config = kad::Config::new(stream_protocol(&names.kad)?);
+        kad_config
+            .set_query_timeout(timeouts.kad_query)
+            .set_max_packet_size(limits.max_record_size + KAD_OVERHEAD);
+        let store = kad::store::MemoryStore::with_config(
+            local_peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: limits.max_records,
+                max_value_bytes: limits.max_record_size,
+                ..Default::default()
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(local_peer_id, store, kad_config);
+        kad.set_mode(Some(if config.kad_server {
+            kad::Mode::Server
+        } else {
+            kad::Mode::Client
+        }));
+
+        let topic = gossipsub::IdentTopic::new(names.descriptor_topic.clone());
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .protocol_id(names.gossipsub.clone(), gossipsub::Version::V1_1)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .heartbeat_interval(timeouts.gossip_heartbeat)
+            .heartbeat_initial_delay(timeouts.gossip_heartbeat)
+            .max_transmit_size(limits.max_gossip_size + GOSSIP_OVERHEAD)
+            .build()
+            .map_err(|e| NetError::InvalidConfig {
+                field: "limits.max_gossip_size",
+                reason: format!("gossipsub refused the configuration: {e}"),
+            })?;
+        let mut gossipsub = Gossipsub::new_with_subscription_filter(
+            gossipsub::MessageAuthenticity::Signed(keypair.clone()),
+            gossip_config,
+            gossipsub::WhitelistSubscriptionFilter(HashSet::from([topic.hash()])),
+        )
+        .map_err(|e| NetError::InvalidConfig {
+            field: "limits",
+            reason: format!("gossipsub refused the configuration: {e}"),
+        })?;
+        gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::InvalidConfig {
+                field: "network_id",
+                reason: format!("cannot subscribe to the descriptor topic: {e}"),
+            })?;
+
+        let fetch = request_response::Behaviour::with_codec(
+            FetchCodec {
+                max_request: limits.max_request_size,
+                max_response: limits.max_response_size,
+            },
+            [(
+                stream_protocol(&names.fetch)?,
+                request_response::ProtocolSupport::Full,
+            )],
+            request_response::Config::default()
+                .with_request_timeout(timeouts.request)
+                .with_max_concurrent_streams(limits.max_concurrent_request_streams),
+        );
+
+        let packet = packet::Behaviour::new(
+            packet::Config {
+                protocol: stream_protocol(&names.packet)?,
+                rate: limits.packet_rate,
+                flood_tolerance: limits.flood_tolerance,
+                max_inbound_streams: limits.max_inbound_packet_streams_per_peer,
+                outbound_queue: limits.outbound_queue_frames,
+                negotiation_timeout: timeouts.stream_negotiation,
+            },
+            counters,
+        );
+
+        Ok(Self {
+            limits: connection_limits,
+            identify,
+            ping,
+            kad,
+            gossipsub,
+            fetch,
+            packet,
+        })
+    }
+}
+
+/// At most this many addresses of one peer, learnt from identify, go into
+/// the routing table.
+pub(crate) const MAX_ADDRS_PER_PEER: usize = 8;

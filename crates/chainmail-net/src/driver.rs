@@ -1,0 +1,949 @@
+//! The driver: one tokio task owns the swarm; [`NetHandle`]s talk to it over
+//! a bounded command channel, and it reports over a bounded event channel.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify,
+    identity::Keypair,
+    kad,
+    multiaddr::Protocol,
+    noise,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    Frame,
+    behaviour::{MAX_ADDRS_PER_PEER, NodeBehaviour, NodeBehaviourEvent},
+    config::{NetConfig, ProtocolNames},
+    error::NetError,
+    keys::node_key_from_peer_id,
+    metrics::{Counters, NetMetrics, dec, inc},
+    packet,
+};
+
+/// Listen addresses remembered by the driver (a node has a handful).
+const MAX_LISTEN_ADDRS: usize = 64;
+
+/// Extra time a [`NetHandle`] waits beyond the protocol's own timeout before
+/// giving up on the driver's answer.
+const HANDLE_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts network drivers.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Net;
+
+impl Net {
+    /// Validates `config`, builds the libp2p swarm (TCP and QUIC, noise,
+    /// yamux, all protocols of [`ProtocolNames`]), starts listening, dials
+    /// the bootstrap peers and spawns the driver on the current tokio
+    /// runtime.
+    ///
+    /// The driver runs until [`NetHandle::shutdown`] or until every
+    /// [`NetHandle`] is dropped. Listen addresses with their real ports are
+    /// reported as [`NetEvent::ListeningOn`] and by
+    /// [`NetHandle::listen_addrs`].
+    pub fn spawn(config: NetConfig) -> Result<(NetHandle, NetEvents), NetError> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NetError::NoRuntime)?;
+        let names = config.protocol_names();
+        // libp2p zeroizes the bytes it is given.
+        let keypair = Keypair::ed25519_from_bytes(config.identity.expose()).map_err(|e| {
+            NetError::InvalidConfig {
+                field: "identity",
+                reason: e.to_string(),
+            }
+        })?;
+        let local_peer_id = keypair.public().to_peer_id();
+        let local_node_key = node_key_from_peer_id(&local_peer_id)?;
+        let counters = Arc::new(Counters::default());
+        let behaviour = NodeBehaviour::new(&config, &names, &keypair, counters.clone())?;
+
+        let max_streams = config.limits.max_streams_per_connection;
+        let idle = config.timeouts.idle_connection;
+        let negotiating = config.limits.max_negotiating_inbound_streams;
+        // Entering the runtime: the QUIC transport needs it when built.
+        let _guard = runtime.enter();
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                move || {
+                    let mut yamux = yamux::Config::default();
+                    yamux.set_max_num_streams(max_streams as usize);
+                    yamux
+                },
+            )
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_quic_config(move |mut quic| {
+                quic.max_concurrent_stream_limit = max_streams;
+                quic
+            })
+            .with_behaviour(|_| behaviour)
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_swarm_config(|swarm| {
+                swarm
+                    .with_idle_connection_timeout(idle)
+                    .with_max_negotiating_inbound_streams(negotiating)
+            })
+            .with_connection_timeout(config.timeouts.connection)
+            .build();
+
+        for addr in &config.listen_addrs {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        for addr in &config.bootstrap {
+            let mut base = addr.clone();
+            let Some(Protocol::P2p(peer)) = base.pop() else {
+                return Err(NetError::BootstrapWithoutPeerId(addr.clone()));
+            };
+            swarm.behaviour_mut().kad.add_address(&peer, base.clone());
+            swarm.add_peer_address(peer, base);
+            if let Err(error) = swarm.dial(addr.clone()) {
+                tracing::warn!(%error, "cannot dial a bootstrap peer");
+            }
+        }
+        if !config.bootstrap.is_empty() {
+            // Cannot fail: the bootstrap peers were just added.
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
+
+        let (command_tx, command_rx) = mpsc::channel(config.limits.command_queue);
+        let (event_tx, event_rx) = mpsc::channel(config.limits.event_queue);
+        let kad_protocol = StreamProtocol::try_from_owned(names.kad.clone()).map_err(|e| {
+            NetError::InvalidConfig {
+                field: "network_id",
+                reason: e.to_string(),
+            }
+        })?;
+        let topic = gossipsub::IdentTopic::new(names.descriptor_topic.clone());
+        let handle = NetHandle {
+            commands: command_tx,
+            counters: counters.clone(),
+            local_peer_id,
+            local_node_key,
+            max_request_size: config.limits.max_request_size,
+            max_gossip_size: config.limits.max_gossip_size,
+            max_record_size: config.limits.max_record_size,
+            request_timeout: config.timeouts.request,
+            query_timeout: config.timeouts.kad_query,
+        };
+        let driver = Driver {
+            swarm,
+            commands: command_rx,
+            events: event_tx,
+            counters,
+            names,
+            kad_protocol,
+            topic,
+            max_pending_requests: config.limits.max_pending_requests,
+            max_pending_queries: config.limits.max_pending_queries,
+            max_response_size: config.limits.max_response_size,
+            request_timeout: config.timeouts.request,
+            listen_addrs: Vec::new(),
+            confirmed: HashSet::new(),
+            pending_requests: HashMap::new(),
+            pending_gets: HashMap::new(),
+            pending_puts: HashMap::new(),
+            replies: FuturesUnordered::new(),
+        };
+        runtime.spawn(driver.run());
+        Ok((handle, NetEvents { receiver: event_rx }))
+    }
+}
+
+/// What the driver reports.
+#[non_exhaustive]
+pub enum NetEvent {
+    /// A mix packet frame from `peer`, within its rate limit.
+    PacketReceived {
+        /// The neighbour that sent it (not its author: this is a mixnet).
+        peer: PeerId,
+        /// The frame.
+        frame: Box<Frame>,
+    },
+    /// A message on the descriptor topic, signed by `source`.
+    GossipReceived {
+        /// The author, whose signature gossipsub checked.
+        source: PeerId,
+        /// The payload.
+        bytes: Vec<u8>,
+    },
+    /// A fetch request. Answer it with [`ReplyHandle::send`] within
+    /// [`Timeouts::request`](crate::Timeouts::request); dropping the handle
+    /// refuses the request.
+    RequestReceived {
+        /// The requesting peer.
+        peer: PeerId,
+        /// The request.
+        bytes: Vec<u8>,
+        /// Where the response goes.
+        reply: ReplyHandle,
+    },
+    /// The first connection to a peer of this network is up and identify
+    /// confirmed the network id.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The last connection to a peer reported by
+    /// [`PeerConnected`](NetEvent::PeerConnected) closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The node listens on a new address.
+    ListeningOn {
+        /// The address, with its actual port.
+        addr: Multiaddr,
+    },
+}
+
+impl fmt::Debug for NetEvent {
+    /// Prints sizes, never contents.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PacketReceived { peer, .. } => f
+                .debug_struct("PacketReceived")
+                .field("peer", peer)
+                .finish_non_exhaustive(),
+            Self::GossipReceived { source, bytes } => f
+                .debug_struct("GossipReceived")
+                .field("source", source)
+                .field("len", &bytes.len())
+                .finish(),
+            Self::RequestReceived { peer, bytes, .. } => f
+                .debug_struct("RequestReceived")
+                .field("peer", peer)
+                .field("len", &bytes.len())
+                .finish_non_exhaustive(),
+            Self::PeerConnected { peer } => {
+                f.debug_struct("PeerConnected").field("peer", peer).finish()
+            }
+            Self::PeerDisconnected { peer } => f
+                .debug_struct("PeerDisconnected")
+                .field("peer", peer)
+                .finish(),
+            Self::ListeningOn { addr } => {
+                f.debug_struct("ListeningOn").field("addr", addr).finish()
+            }
+        }
+    }
+}
+
+/// The way back to the requester of one inbound fetch request.
+pub struct ReplyHandle {
+    sender: oneshot::Sender<Vec<u8>>,
+    max_response_size: usize,
+}
+
+impl ReplyHandle {
+    /// Sends the response. Fails if it is larger than
+    /// [`Limits::max_response_size`](crate::Limits::max_response_size) (the
+    /// request is then refused) or if the request has already timed out.
+    pub fn send(self, response: Vec<u8>) -> Result<(), NetError> {
+        if response.len() > self.max_response_size {
+            return Err(NetError::ResponseTooLarge {
+                size: response.len(),
+                max: self.max_response_size,
+            });
+        }
+        self.sender
+            .send(response)
+            .map_err(|_| NetError::ReplyClosed)
+    }
+
+    /// The largest response [`send`](Self::send) accepts.
+    pub fn max_response_size(&self) -> usize {
+        self.max_response_size
+    }
+}
+
+impl fmt::Debug for ReplyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyHandle").finish_non_exhaustive()
+    }
+}
+
+/// The driver's events, from a bounded channel. Read them promptly: when the
+/// channel is full, new events are dropped and counted
+/// ([`DroppedFrames::event_queue_full`](crate::DroppedFrames::event_queue_full),
+/// [`NetMetrics::events_dropped`]). Ends when the driver stops.
+#[derive(Debug)]
+pub struct NetEvents {
+    receiver: mpsc::Receiver<NetEvent>,
+}
+
+impl NetEvents {
+    /// The next event; `None` once the driver has stopped.
+    pub async fn recv(&mut self) -> Option<NetEvent> {
+        self.receiver.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<NetEvent> {
+        self.receiver.try_recv().ok()
+    }
+
+    /// Polls for the next event.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<NetEvent>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl futures::Stream for NetEvents {
+    type Item = NetEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<NetEvent>> {
+        self.receiver.poll_recv(cx)
+    }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, NetError>>;
+
+enum Command {
+    SendPacket {
+        peer: PeerId,
+        frame: Box<Frame>,
+    },
+    Publish {
+        bytes: Vec<u8>,
+        reply: Reply<()>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: Reply<()>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    Request {
+        peer: PeerId,
+        bytes: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    },
+    AddPeerAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: Reply<()>,
+    },
+    DialPeer {
+        peer: PeerId,
+        reply: Reply<()>,
+    },
+    Bootstrap {
+        reply: Reply<()>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Shutdown {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to a running driver. Cheap to clone; the driver stops when the
+/// last clone is dropped or [`shutdown`](Self::shutdown) is called.
+///
+/// Methods that wait do so for room in the bounded command queue and, where
+/// they return a result, for the driver's answer.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+    local_peer_id: PeerId,
+    local_node_key: [u8; 32],
+    max_request_size: usize,
+    max_gossip_size: usize,
+    max_record_size: usize,
+    request_timeout: Duration,
+    query_timeout: Duration,
+}
+
+impl fmt::Debug for NetHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetHandle")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetHandle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// This node's 32-byte Ed25519 public key, its name in the mixnet.
+    pub fn local_node_key(&self) -> [u8; 32] {
+        self.local_node_key
+    }
+
+    /// A snapshot of the counters; does not involve the driver.
+    pub fn metrics(&self) -> NetMetrics {
+        self.counters.snapshot()
+    }
+
+    async fn send(&self, command: Command) -> Result<(), NetError> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(command(reply)).await?;
+        answer.await.map_err(|_| NetError::Stopped)?
+    }
+
+    async fn ask_within<T>(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, NetError> {
+        tokio::time::timeout(timeout + HANDLE_GRACE, self.ask(command))
+            .await
+            .map_err(|_| NetError::Timeout { what })?
+    }
+
+    /// Queues a frame for `peer` on its packet stream, waiting for room in
+    /// the command queue. Delivery is best effort: if the peer is not
+    /// connected or its outbound queue is full, the frame is dropped and
+    /// counted in [`NetMetrics::frames_dropped`].
+    pub async fn send_packet(&self, peer: PeerId, frame: Box<Frame>) -> Result<(), NetError> {
+        self.send(Command::SendPacket { peer, frame }).await
+    }
+
+    /// Like [`send_packet`](Self::send_packet), but fails with
+    /// [`NetError::CommandQueueFull`] instead of waiting.
+    pub fn try_send_packet(&self, peer: PeerId, frame: Box<Frame>) -> Result<(), NetError> {
+        self.commands
+            .try_send(Command::SendPacket { peer, frame })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => NetError::CommandQueueFull,
+                mpsc::error::TrySendError::Closed(_) => NetError::Stopped,
+            })
+    }
+
+    /// Publishes `bytes` on the descriptor topic (signed with the node's
+    /// identity). Fails if no connected peer is subscribed yet.
+    pub async fn publish(&self, bytes: Vec<u8>) -> Result<(), NetError> {
+        if bytes.len() > self.max_gossip_size {
+            return Err(NetError::GossipTooLarge {
+                size: bytes.len(),
+                max: self.max_gossip_size,
+            });
+        }
+        self.ask(|reply| Command::Publish { bytes, reply }).await
+    }
+
+    /// Stores `value` under `key` locally and at the peers closest to the
+    /// key; succeeds once at least one other peer has stored it.
+    /// `key` and `value` together may have at most
+    /// [`Limits::max_record_size`](crate::Limits::max_record_size) bytes.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<(), NetError> {
+        let size = key.len() + value.len();
+        if size > self.max_record_size {
+            return Err(NetError::RecordTooLarge {
+                size,
+                max: self.max_record_size,
+            });
+        }
+        self.ask_within("put_record", self.query_timeout, |reply| {
+            Command::PutRecord { key, value, reply }
+        })
+        .await
+    }
+
+    /// The value of the first record found under `key` (the local store
+    /// first, then the DHT). Records are not authenticated here: the layer
+    /// above must check what it gets.
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.ask_within("get_record", self.query_timeout, |reply| {
+            Command::GetRecord { key, reply }
+        })
+        .await
+    }
+
+    /// Sends a fetch request to `peer` (dialing it if needed and its address
+    /// is known) and waits for the response.
+    pub async fn request(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        if bytes.len() > self.max_request_size {
+            return Err(NetError::RequestTooLarge {
+                size: bytes.len(),
+                max: self.max_request_size,
+            });
+        }
+        self.ask_within("request", self.request_timeout, |reply| Command::Request {
+            peer,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Tells the node an address of `peer` (for the DHT and for dialing).
+    pub async fn add_peer_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), NetError> {
+        self.send(Command::AddPeerAddress { peer, addr }).await
+    }
+
+    /// Dials `addr` (which should end in `/p2p/<peer id>`). Returns once the
+    /// dial has started; [`NetEvent::PeerConnected`] follows on success.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|reply| Command::Dial { addr, reply }).await
+    }
+
+    /// Dials `peer` at the addresses the node knows for it.
+    pub async fn dial_peer(&self, peer: PeerId) -> Result<(), NetError> {
+        self.ask(|reply| Command::DialPeer { peer, reply }).await
+    }
+
+    /// Starts a DHT bootstrap (also done at start and periodically).
+    pub async fn bootstrap(&self) -> Result<(), NetError> {
+        self.ask(|reply| Command::Bootstrap { reply }).await
+    }
+
+    /// The addresses the node listens on, with their actual ports.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ListenAddrs { reply }).await?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Peers of this network with at least one connection.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::ConnectedPeers { reply }).await?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Stops the driver, closing every connection, and waits until it has
+    /// stopped. Pending operations fail with [`NetError::Stopped`].
+    /// Does nothing if it has already stopped.
+    pub async fn shutdown(&self) {
+        let (done, stopped) = oneshot::channel();
+        if self.send(Command::Shutdown { done }).await.is_ok() {
+            let _ = stopped.await;
+        }
+    }
+}
+
+/// The reply to an inbound request, once the application gave it (or not).
+type PendingReply = BoxFuture<'static, (ResponseChannel<Vec<u8>>, Option<Vec<u8>>)>;
+
+struct Driver {
+    swarm: Swarm<NodeBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    counters: Arc<Counters>,
+    names: ProtocolNames,
+    kad_protocol: StreamProtocol,
+    topic: gossipsub::IdentTopic,
+    max_pending_requests: usize,
+    max_pending_queries: usize,
+    max_response_size: usize,
+    request_timeout: Duration,
+    listen_addrs: Vec<Multiaddr>,
+    /// Peers with a connection whose identify showed this network.
+    confirmed: HashSet<PeerId>,
+    pending_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    pending_gets: HashMap<kad::QueryId, Reply<Vec<u8>>>,
+    pending_puts: HashMap<kad::QueryId, Reply<()>>,
+    replies: FuturesUnordered<PendingReply>,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut stopped = None;
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { done }) => {
+                        stopped = Some(done);
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some((channel, response)) = self.replies.next(), if !self.replies.is_empty() => {
+                    if let Some(response) = response {
+                        // Fails only if the request has timed out meanwhile.
+                        let _ = self.swarm.behaviour_mut().fetch.send_response(channel, response);
+                    }
+                }
+            }
+        }
+        tracing::debug!("network driver stopping");
+        // Dropping the swarm closes every connection and listener; dropping
+        // the pending replies fails the waiting callers with `Stopped`.
+        drop(self);
+        if let Some(done) = stopped {
+            let _ = done.send(());
+        }
+    }
+
+    /// Hands an event to the application, or drops and counts it.
+    fn emit(&self, event: NetEvent) {
+        if let Err(error) = self.events.try_send(event) {
+            let event = match error {
+                mpsc::error::TrySendError::Full(event)
+                | mpsc::error::TrySendError::Closed(event) => event,
+            };
+            match event {
+                NetEvent::PacketReceived { .. } => inc(&self.counters.dropped_event_queue_full),
+                _ => inc(&self.counters.events_dropped),
+            }
+        }
+    }
+
+    fn pending_queries(&self) -> usize {
+        self.pending_gets.len() + self.pending_puts.len()
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::SendPacket { peer, frame } => {
+                self.swarm.behaviour_mut().packet.send(&peer, frame);
+            }
+            Command::Publish { bytes, reply } => {
+                let topic = self.topic.clone();
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => {
+                        inc(&self.counters.gossip_out);
+                        Ok(())
+                    }
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        Err(NetError::PublishFailed(
+                            "no connected peer is subscribed to the descriptor topic yet; retry once peers are connected".into(),
+                        ))
+                    }
+                    Err(error) => Err(NetError::PublishFailed(error.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::PutRecord { key, value, reply } => {
+                if self.pending_queries() >= self.max_pending_queries {
+                    let _ = reply.send(Err(NetError::TooManyPending {
+                        what: "DHT queries",
+                        max: self.max_pending_queries,
+                    }));
+                    return;
+                }
+                let record = kad::Record::new(key, value);
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.pending_puts.insert(id, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(NetError::PutRecordFailed(format!(
+                            "the local store refused it: {error}"
+                        ))));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                if self.pending_queries() >= self.max_pending_queries {
+                    let _ = reply.send(Err(NetError::TooManyPending {
+                        what: "DHT queries",
+                        max: self.max_pending_queries,
+                    }));
+                    return;
+                }
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.pending_gets.insert(id, reply);
+            }
+            Command::Request { peer, bytes, reply } => {
+                if self.pending_requests.len() >= self.max_pending_requests {
+                    let _ = reply.send(Err(NetError::TooManyPending {
+                        what: "requests",
+                        max: self.max_pending_requests,
+                    }));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().fetch.send_request(&peer, bytes);
+                inc(&self.counters.requests_out);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::AddPeerAddress { peer, addr } => {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+                self.swarm.add_peer_address(peer, addr);
+            }
+            Command::Dial { addr, reply } => {
+                let result = self
+                    .swarm
+                    .dial(addr)
+                    .map_err(|e| NetError::DialFailed(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::DialPeer { peer, reply } => {
+                let result = self
+                    .swarm
+                    .dial(peer)
+                    .map_err(|e| NetError::DialFailed(e.to_string()));
+                let _ = reply.send(result);
+            }
+            Command::Bootstrap { reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .bootstrap()
+                    .map(|_| ())
+                    .map_err(|_| {
+                        NetError::DialFailed(
+                            "no known peers to bootstrap from; configure bootstrap peers or call add_peer_address"
+                                .into(),
+                        )
+                    });
+                let _ = reply.send(result);
+            }
+            Command::ListenAddrs { reply } => {
+                let _ = reply.send(self.listen_addrs.clone());
+            }
+            Command::ConnectedPeers { reply } => {
+                let _ = reply.send(self.confirmed.iter().copied().collect());
+            }
+            Command::Shutdown { .. } => {} // handled in `run`
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                if self.listen_addrs.len() < MAX_LISTEN_ADDRS
+                    && !self.listen_addrs.contains(&address)
+                {
+                    self.listen_addrs.push(address.clone());
+                }
+                tracing::info!(%address, "listening");
+                self.emit(NetEvent::ListeningOn { addr: address });
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener error");
+            }
+            SwarmEvent::ConnectionEstablished { .. } => {
+                inc(&self.counters.connections);
+                inc(&self.counters.connections_total);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                dec(&self.counters.connections);
+                if num_established == 0 && self.confirmed.remove(&peer_id) {
+                    tracing::debug!(peer = %peer_id, "peer disconnected");
+                    self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { error, .. } => {
+                tracing::debug!(%error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                tracing::debug!(%error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: NodeBehaviourEvent) {
+        match event {
+            NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identify(peer_id, info)
+            }
+            NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                if message.topic != self.topic.hash() {
+                    return;
+                }
+                inc(&self.counters.gossip_in);
+                // Strict validation: every message is signed by its source.
+                if let Some(source) = message.source {
+                    self.emit(NetEvent::GossipReceived {
+                        source,
+                        bytes: message.data,
+                    });
+                }
+            }
+            NodeBehaviourEvent::Fetch(event) => self.on_fetch(event),
+            NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
+                self.on_query(id, result)
+            }
+            NodeBehaviourEvent::Packet(packet::Event::Frame { peer, frame }) => {
+                self.emit(NetEvent::PacketReceived { peer, frame });
+            }
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if info.protocol_version != self.names.identify_version {
+            inc(&self.counters.foreign_peers_rejected);
+            tracing::debug!(
+                %peer,
+                version = %info.protocol_version,
+                "peer belongs to another network, disconnecting"
+            );
+            self.swarm.behaviour_mut().kad.remove_peer(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return;
+        }
+        if info.protocols.contains(&self.kad_protocol) {
+            for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
+        if self.swarm.is_connected(&peer) && self.confirmed.insert(peer) {
+            tracing::debug!(%peer, "peer connected");
+            self.emit(NetEvent::PeerConnected { peer });
+        }
+    }
+
+    fn on_fetch(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                inc(&self.counters.requests_in);
+                if self.replies.len() >= self.max_pending_requests {
+                    // Dropping the channel refuses the request.
+                    inc(&self.counters.events_dropped);
+                    return;
+                }
+                let (sender, answer) = oneshot::channel();
+                let timeout = self.request_timeout;
+                self.replies.push(Box::pin(async move {
+                    let response = tokio::time::timeout(timeout, answer)
+                        .await
+                        .ok()
+                        .and_then(Result::ok);
+                    (channel, response)
+                }));
+                self.emit(NetEvent::RequestReceived {
+                    peer,
+                    bytes: request,
+                    reply: ReplyHandle {
+                        sender,
+                        max_response_size: self.max_response_size,
+                    },
+                });
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                inc(&self.counters.requests_failed);
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::RequestFailed(error.to_string())));
+                }
+            }
+            request_response::Event::InboundFailure { error, .. } => {
+                tracing::debug!(%error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_query(&mut self, id: kad::QueryId, result: kad::QueryResult) {
+        match result {
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                if let Some(reply) = self.pending_gets.remove(&id) {
+                    let _ = reply.send(Ok(found.record.value));
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord {
+                ..
+            })) => {
+                if let Some(reply) = self.pending_gets.remove(&id) {
+                    let _ = reply.send(Err(NetError::RecordNotFound));
+                }
+            }
+            kad::QueryResult::GetRecord(Err(error)) => {
+                if let Some(reply) = self.pending_gets.remove(&id) {
+                    let _ = reply.send(Err(match error {
+                        kad::GetRecordError::Timeout { .. } => {
+                            NetError::Timeout { what: "get_record" }
+                        }
+                        _ => NetError::RecordNotFound,
+                    }));
+                }
+            }
+            kad::QueryResult::PutRecord(result) => {
+                if let Some(reply) = self.pending_puts.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| NetError::PutRecordFailed(e.to_string())),
+                    );
+                }
+            }
+            kad::QueryResult::Bootstrap(result) => {
+                tracing::debug!(ok = result.is_ok(), "DHT bootstrap step");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,31 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod behaviour;
+mod config;
+mod driver;
+mod error;
+mod keys;
+mod limiter;
+mod metrics;
+mod packet;
+mod protocol;
+
+pub use config::{IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, Timeouts};
+pub use driver::{Net, NetEvent, NetEvents, NetHandle, ReplyHandle};
+pub use error::NetError;
+pub use keys::{node_key_from_peer_id, peer_id_from_node_key};
+pub use libp2p::{Multiaddr, PeerId};
+pub use metrics::{DroppedFrames, NetMetrics};
+
+/// Size of every mix packet frame on the packet stream protocol, in bytes.
+///
+/// The same value as `chainmail_packet::PACKET_SIZE`; this crate does not
+/// depend on the packet format, it only moves frames of this size.
+pub const PACKET_SIZE: usize = 2048;
+
+/// One mix packet as it travels on the wire: exactly [`PACKET_SIZE`] bytes.
+pub type Frame = [u8; PACKET_SIZE];

@@ -1,0 +1,130 @@
+//! Counters of the driver, readable at any time without asking the driver.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Live counters shared by the driver, the connection handlers and every
+/// [`NetHandle`](crate::NetHandle).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) frames_in: AtomicU64,
+    pub(crate) frames_out: AtomicU64,
+    pub(crate) dropped_rate_limited: AtomicU64,
+    pub(crate) dropped_malformed: AtomicU64,
+    pub(crate) dropped_queue_full: AtomicU64,
+    pub(crate) dropped_no_connection: AtomicU64,
+    pub(crate) dropped_event_queue_full: AtomicU64,
+    pub(crate) packet_streams_opened: AtomicU64,
+    pub(crate) packet_streams_accepted: AtomicU64,
+    pub(crate) packet_streams_refused: AtomicU64,
+    pub(crate) packet_streams_reset: AtomicU64,
+    pub(crate) gossip_in: AtomicU64,
+    pub(crate) gossip_out: AtomicU64,
+    pub(crate) requests_in: AtomicU64,
+    pub(crate) requests_out: AtomicU64,
+    pub(crate) requests_failed: AtomicU64,
+    pub(crate) events_dropped: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_total: AtomicU64,
+    pub(crate) foreign_peers_rejected: AtomicU64,
+}
+
+/// Adds one to a counter.
+pub(crate) fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes one from a gauge, never below zero.
+pub(crate) fn dec(counter: &AtomicU64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> NetMetrics {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NetMetrics {
+            frames_in: get(&self.frames_in),
+            frames_out: get(&self.frames_out),
+            frames_dropped: DroppedFrames {
+                rate_limited: get(&self.dropped_rate_limited),
+                malformed: get(&self.dropped_malformed),
+                queue_full: get(&self.dropped_queue_full),
+                no_connection: get(&self.dropped_no_connection),
+                event_queue_full: get(&self.dropped_event_queue_full),
+            },
+            packet_streams_opened: get(&self.packet_streams_opened),
+            packet_streams_accepted: get(&self.packet_streams_accepted),
+            packet_streams_refused: get(&self.packet_streams_refused),
+            packet_streams_reset: get(&self.packet_streams_reset),
+            gossip_in: get(&self.gossip_in),
+            gossip_out: get(&self.gossip_out),
+            requests_in: get(&self.requests_in),
+            requests_out: get(&self.requests_out),
+            requests_failed: get(&self.requests_failed),
+            events_dropped: get(&self.events_dropped),
+            connections: get(&self.connections),
+            connections_total: get(&self.connections_total),
+            foreign_peers_rejected: get(&self.foreign_peers_rejected),
+        }
+    }
+}
+
+/// Packet frames dropped, by reason. Every frame the node received or was
+/// asked to send and did not deliver is counted in exactly one of these.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DroppedFrames {
+    /// Inbound frames over the peer's rate limit.
+    pub rate_limited: u64,
+    /// Inbound streams that ended inside a frame (the partial frame is
+    /// dropped).
+    pub malformed: u64,
+    /// Outbound frames dropped because the peer's outbound queue was full.
+    pub queue_full: u64,
+    /// Outbound frames for a peer with no connection, or whose stream could
+    /// not be opened or broke (the frame being written is lost).
+    pub no_connection: u64,
+    /// Inbound frames dropped because the [`NetEvents`](crate::NetEvents)
+    /// channel was full (the application is not keeping up).
+    pub event_queue_full: u64,
+}
+
+/// A snapshot of the driver's counters (all totals since start, except
+/// `connections`, which is the current number).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NetMetrics {
+    /// Inbound frames accepted from the network (within the rate limit).
+    pub frames_in: u64,
+    /// Outbound frames handed to a stream.
+    pub frames_out: u64,
+    /// Frames dropped, by reason.
+    pub frames_dropped: DroppedFrames,
+    /// Outbound packet streams opened.
+    pub packet_streams_opened: u64,
+    /// Inbound packet streams accepted.
+    pub packet_streams_accepted: u64,
+    /// Inbound packet streams refused because the peer was at its cap.
+    pub packet_streams_refused: u64,
+    /// Inbound packet streams reset because the peer flooded.
+    pub packet_streams_reset: u64,
+    /// Gossip messages received on the descriptor topic.
+    pub gossip_in: u64,
+    /// Gossip messages published.
+    pub gossip_out: u64,
+    /// Fetch requests received.
+    pub requests_in: u64,
+    /// Fetch requests sent.
+    pub requests_out: u64,
+    /// Fetch requests sent that failed.
+    pub requests_failed: u64,
+    /// Events other than packets dropped because the event channel was full.
+    pub events_dropped: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections established since start.
+    pub connections_total: u64,
+    /// Connections closed because identify showed another network.
+    pub foreign_peers_rejected: u64,
+}

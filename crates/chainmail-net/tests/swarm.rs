@@ -1,0 +1,531 @@
+//! Real swarms in one process, on 127.0.0.1 only.
+
+mod common;
+
+use std::time::Duration;
+
+use chainmail_net::{Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit};
+use common::*;
+use libp2p::futures::AsyncWriteExt;
+
+async fn exchange_frames(name: &str, listen: Vec<Multiaddr>) {
+    let net = network(name);
+    let mut a = start(config(&net, listen.clone())).await;
+    let mut b = start(config(&net, listen)).await;
+    connect(&mut a, &mut b).await;
+
+    const N: u32 = 300;
+    for i in 0..N {
+        a.handle.send_packet(b.peer, frame(1, i)).await.unwrap();
+        b.handle.send_packet(a.peer, frame(2, i)).await.unwrap();
+    }
+    let at_b = receive_frames(&mut b.events, a.peer, N as usize).await;
+    let at_a = receive_frames(&mut a.events, b.peer, N as usize).await;
+    for i in 0..N {
+        assert!(at_b[i as usize] == frame(1, i), "frame {i} a→b");
+        assert!(at_a[i as usize] == frame(2, i), "frame {i} b→a");
+    }
+
+    for node in [&a, &b] {
+        let m = node.handle.metrics();
+        assert_eq!(m.frames_out, u64::from(N));
+        assert_eq!(m.frames_in, u64::from(N));
+        assert_eq!(m.packet_streams_opened, 1, "one long-lived stream");
+        assert_eq!(m.packet_streams_accepted, 1);
+        assert_eq!(m.frames_dropped, Default::default());
+    }
+    a.handle.shutdown().await;
+    b.handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_both_ways_over_tcp() {
+    init_tracing();
+    within(exchange_frames("frames-tcp", tcp())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_both_ways_over_quic() {
+    init_tracing();
+    within(exchange_frames("frames-quic", quic())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_to_unconnected_peer_are_dropped_and_counted() {
+    init_tracing();
+    within(async {
+        let a = start(config(&network("unconnected"), tcp())).await;
+        let stranger = start(config(&network("unconnected"), tcp())).await;
+        a.handle
+            .send_packet(stranger.peer, frame(0, 0))
+            .await
+            .unwrap();
+        let handle = a.handle.clone();
+        eventually("no_connection counted", || {
+            handle.metrics().frames_dropped.no_connection == 1
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_and_dht_across_three_nodes() {
+    init_tracing();
+    within(async {
+        let net = network("three");
+        let mut a = start(config(&net, tcp())).await;
+        let mut b_config = config(&net, tcp());
+        b_config.bootstrap = vec![a.addr.clone()];
+        let mut b = start(b_config).await;
+        let mut c_config = config(&net, tcp());
+        c_config.bootstrap = vec![a.addr.clone()];
+        let mut c = start(c_config).await;
+        wait_connected(&mut b, a.peer).await;
+        wait_connected(&mut c, a.peer).await;
+        wait_connected_all(&mut a, &[b.peer, c.peer]).await;
+
+        // Gossip: B publishes; A and C get it. A message published before a
+        // peer has joined the mesh may miss that peer (gossipsub gives no
+        // guarantee there), so B publishes a new message every 300 ms until
+        // both have one.
+        let mut sent: Vec<Vec<u8>> = Vec::new();
+        let (mut at_a, mut at_c) = (None, None);
+        for i in 0..30 {
+            let message = format!("descriptor of b, version {i}").into_bytes();
+            match b.handle.publish(message.clone()).await {
+                Ok(()) => sent.push(message),
+                Err(NetError::PublishFailed(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for (node, got) in [(&mut a, &mut at_a), (&mut c, &mut at_c)] {
+                while let Some(event) = node.events.try_recv() {
+                    if let NetEvent::GossipReceived { source, bytes } = event {
+                        assert_eq!(source, b.peer);
+                        assert!(sent.contains(&bytes), "not a published message");
+                        got.get_or_insert(bytes);
+                    }
+                }
+            }
+            if at_a.is_some() && at_c.is_some() {
+                break;
+            }
+        }
+        assert!(at_a.is_some(), "A never got B's gossip");
+        assert!(at_c.is_some(), "C never got B's gossip");
+        assert_eq!(b.handle.metrics().gossip_out, sent.len() as u64);
+        assert!(c.handle.metrics().gossip_in >= 1);
+
+        // DHT: A stores a record, C finds it.
+        let key = b"mailbox-descriptor-key".to_vec();
+        let value = b"signed descriptor bytes".to_vec();
+        let mut stored = Err(NetError::RecordNotFound);
+        for _ in 0..20 {
+            stored = a.handle.put_record(key.clone(), value.clone()).await;
+            if stored.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stored.unwrap();
+        assert_eq!(c.handle.get_record(key).await.unwrap(), value);
+        assert_eq!(
+            c.handle.get_record(b"no such key".to_vec()).await,
+            Err(NetError::RecordNotFound)
+        );
+        let too_big = vec![0; 16 * 1024 + 1];
+        assert!(matches!(
+            a.handle.put_record(b"k".to_vec(), too_big).await,
+            Err(NetError::RecordTooLarge { .. })
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_round_trip_and_size_limits() {
+    init_tracing();
+    within(async {
+        let net = network("fetch");
+        let mut a = start(config(&net, tcp())).await;
+        // The responder may send up to 4 MiB, more than A accepts (1 MiB).
+        let mut b_config = config(&net, tcp());
+        b_config.limits.max_response_size = 4 << 20;
+        let mut b = start(b_config).await;
+        // D may send requests of 256 KiB, more than B accepts (64 KiB).
+        let mut d_config = config(&net, tcp());
+        d_config.limits.max_request_size = 256 << 10;
+        let mut d = start(d_config).await;
+        connect(&mut b, &mut a).await;
+        connect(&mut b, &mut d).await;
+
+        // B answers: reversed bytes; "huge": 2 MiB; "too big": 5 MiB.
+        let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel(4);
+        let mut b_events = b.events;
+        tokio::spawn(async move {
+            while let Some(event) = b_events.recv().await {
+                if let NetEvent::RequestReceived { bytes, reply, .. } = event {
+                    let response = match bytes.as_slice() {
+                        b"huge" => vec![7; 2 << 20],
+                        b"too big" => vec![7; 5 << 20],
+                        other => other.iter().rev().copied().collect(),
+                    };
+                    if let Err(e) = reply.send(response) {
+                        refused_tx.send(e).await.unwrap();
+                    }
+                }
+            }
+        });
+
+        assert_eq!(
+            a.handle.request(b.peer, b"hello".to_vec()).await.unwrap(),
+            b"olleh"
+        );
+
+        // Over-size request, refused locally.
+        assert_eq!(
+            a.handle.request(b.peer, vec![0; (64 << 10) + 1]).await,
+            Err(NetError::RequestTooLarge {
+                size: (64 << 10) + 1,
+                max: 64 << 10
+            })
+        );
+        // Over-size request on the wire, refused by the responder's codec.
+        assert!(matches!(
+            d.handle.request(b.peer, vec![1; 100 << 10]).await,
+            Err(NetError::RequestFailed(_))
+        ));
+        // Over-size response on the wire, refused by the requester's codec.
+        assert!(matches!(
+            a.handle.request(b.peer, b"huge".to_vec()).await,
+            Err(NetError::RequestFailed(_))
+        ));
+        // Response over the responder's own limit: refused by ReplyHandle,
+        // and the requester gets an error.
+        assert!(matches!(
+            a.handle.request(b.peer, b"too big".to_vec()).await,
+            Err(NetError::RequestFailed(_))
+        ));
+        assert!(matches!(
+            refused_rx.recv().await,
+            Some(NetError::ResponseTooLarge { .. })
+        ));
+
+        // Everybody still works.
+        assert_eq!(
+            d.handle
+                .request(b.peer, b"still there".to_vec())
+                .await
+                .unwrap(),
+            b"ereht llits"
+        );
+        assert_eq!(
+            a.handle.request(b.peer, b"ok".to_vec()).await.unwrap(),
+            b"ko"
+        );
+        let m = a.handle.metrics();
+        assert_eq!(m.requests_out, 4);
+        assert_eq!(m.requests_failed, 2);
+        // The over-size request never became a request event.
+        assert_eq!(b.handle.metrics().requests_in, 5);
+        drop(d.events);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_networks_never_talk() {
+    init_tracing();
+    within(async {
+        let mut a = start(config(&network("alpha"), tcp())).await;
+        let mut b = start(config(&network("beta"), tcp())).await;
+        b.handle.dial(a.addr.clone()).await.unwrap();
+
+        let (ha, hb) = (a.handle.clone(), b.handle.clone());
+        // Whichever side reads the other's identify first hangs up; the
+        // other may never get to see it.
+        eventually("the other network is rejected", || {
+            ha.metrics().foreign_peers_rejected + hb.metrics().foreign_peers_rejected >= 1
+        })
+        .await;
+        eventually("connections closed after identify", || {
+            ha.metrics().connections == 0 && hb.metrics().connections == 0
+        })
+        .await;
+
+        // Nothing crosses afterwards either.
+        a.handle.send_packet(b.peer, frame(1, 0)).await.unwrap();
+        b.handle.send_packet(a.peer, frame(2, 0)).await.unwrap();
+        assert!(matches!(
+            b.handle.publish(b"hello other net".to_vec()).await,
+            Err(NetError::PublishFailed(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        for node in [&mut a, &mut b] {
+            while let Some(event) = node.events.try_recv() {
+                assert!(
+                    matches!(event, NetEvent::ListeningOn { .. }),
+                    "unexpected {event:?}"
+                );
+            }
+            let m = node.handle.metrics();
+            assert_eq!(m.frames_in, 0);
+            assert_eq!(m.gossip_in, 0);
+            assert_eq!(m.frames_dropped.no_connection, 1);
+            assert!(node.handle.connected_peers().await.unwrap().is_empty());
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_malformed_and_node_still_serves() {
+    init_tracing();
+    within(async {
+        let net = network("garbage");
+        let names = ProtocolNames::new(&net);
+        let mut v_config = config(&net, tcp());
+        v_config.limits.max_inbound_packet_streams_per_peer = 2;
+        let mut v = start(v_config).await;
+
+        let mut raw = RawPeer::connect(&v.addr).await;
+        // 5000 bytes: two whole frames, then 904 bytes that end the stream
+        // inside a frame.
+        let mut stream = raw.open(v.peer, &names.packet).await;
+        stream.write_all(&[0xee; 5000]).await.unwrap();
+        stream.close().await.unwrap();
+        let garbage = receive_frames(&mut v.events, raw.peer, 2).await;
+        assert!(garbage.iter().all(|f| f.iter().all(|b| *b == 0xee)));
+        let handle = v.handle.clone();
+        eventually("malformed frame counted", || {
+            handle.metrics().frames_dropped.malformed == 1
+        })
+        .await;
+
+        // A third concurrent stream from the same peer is refused.
+        let _s1 = raw.open(v.peer, &names.packet).await;
+        let _s2 = raw.open(v.peer, &names.packet).await;
+        let mut s3 = raw.open(v.peer, &names.packet).await;
+        let _ = s3.write_all(&[0; 10]).await;
+        eventually("third stream refused", || {
+            handle.metrics().packet_streams_refused == 1
+        })
+        .await;
+
+        // A well-behaved peer is still served.
+        let mut g = start(config(&net, tcp())).await;
+        connect(&mut v, &mut g).await;
+        for i in 0..10 {
+            g.handle.send_packet(v.peer, frame(9, i)).await.unwrap();
+        }
+        let frames = receive_frames(&mut v.events, g.peer, 10).await;
+        for (i, f) in frames.iter().enumerate() {
+            assert!(*f == frame(9, i as u32));
+        }
+        assert_eq!(v.handle.metrics().frames_dropped.malformed, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooder_is_rate_limited_and_reset_while_good_peer_is_served() {
+    init_tracing();
+    within(async {
+        let net = network("flood");
+        let names = ProtocolNames::new(&net);
+        let mut v_config = config(&net, tcp());
+        v_config.limits.packet_rate = RateLimit {
+            frames_per_second: 50,
+            burst: 20,
+        };
+        v_config.limits.flood_tolerance = 200;
+        let mut v = start(v_config).await;
+        let mut g = start(config(&net, tcp())).await;
+        connect(&mut v, &mut g).await;
+
+        let mut raw = RawPeer::connect(&v.addr).await;
+        let flooder = raw.peer;
+        let mut stream = raw.open(v.peer, &names.packet).await;
+        let flood = tokio::spawn(async move {
+            // 4000 frames (8 MB) as fast as possible; the victim resets the
+            // stream long before the end.
+            let junk = [0x55u8; 2048];
+            let mut written = 0u32;
+            for _ in 0..4000 {
+                if stream.write_all(&junk).await.is_err() {
+                    break;
+                }
+                written += 1;
+            }
+            let _ = stream.close().await;
+            drop(raw);
+            written
+        });
+
+        // Meanwhile the good peer sends at its allowance: 20 frames, 25 ms
+        // apart (40/s, under 50/s).
+        for i in 0..20 {
+            g.handle.send_packet(v.peer, frame(3, i)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let mut from_good = 0;
+        let mut from_flooder = 0;
+        while from_good < 20 {
+            let peer = wait_for(&mut v.events, |event| match event {
+                NetEvent::PacketReceived { peer, frame } => {
+                    if peer == g.peer {
+                        let expected = frame_index_ok(&frame);
+                        assert!(expected, "good frame intact");
+                    }
+                    Some(peer)
+                }
+                _ => None,
+            })
+            .await;
+            if peer == g.peer {
+                from_good += 1;
+            } else if peer == flooder {
+                from_flooder += 1;
+            }
+        }
+        let written = flood.await.unwrap();
+        let handle = v.handle.clone();
+        eventually("flooder's stream reset", || {
+            handle.metrics().packet_streams_reset >= 1
+        })
+        .await;
+        let m = v.handle.metrics();
+        eprintln!("flood: flooder wrote {written} frames; victim {m:?}");
+        assert!(m.frames_dropped.rate_limited >= 200, "{m:?}");
+        assert!(written < 4000, "the stream was cut off (wrote {written})");
+        // The flooder got at most its burst plus the rate for the test's
+        // duration through.
+        while let Some(event) = v.events.try_recv() {
+            if matches!(event, NetEvent::PacketReceived { peer, .. } if peer == flooder) {
+                from_flooder += 1;
+            }
+        }
+        assert!(from_flooder <= 20 + 50 * 20, "{from_flooder}");
+        let flooder_in = m.frames_in.saturating_sub(20);
+        assert!(
+            flooder_in <= 20 + 50 * 20,
+            "flooder frames in: {flooder_in}"
+        );
+        assert_eq!(m.frames_dropped.malformed, 0);
+    })
+    .await;
+}
+
+/// Checks a frame made by [`frame`] against its own index.
+fn frame_index_ok(f: &chainmail_net::Frame) -> bool {
+    let index = u32::from_be_bytes(f[1..5].try_into().unwrap());
+    *frame(f[0], index) == *f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_keys_and_listen_addrs() {
+    init_tracing();
+    within(async {
+        let a = start(config(&network("keys"), tcp())).await;
+        let key = a.handle.local_node_key();
+        assert_eq!(chainmail_net::peer_id_from_node_key(&key).unwrap(), a.peer);
+        assert_eq!(chainmail_net::node_key_from_peer_id(&a.peer).unwrap(), key);
+        let addrs = a.handle.listen_addrs().await.unwrap();
+        assert!(!addrs.is_empty());
+        assert!(
+            addrs
+                .iter()
+                .all(|addr| addr.to_string().starts_with("/ip4/127.0.0.1/tcp/"))
+        );
+        a.handle.shutdown().await;
+        assert_eq!(a.handle.listen_addrs().await, Err(NetError::Stopped));
+    })
+    .await;
+}
+
+#[test]
+fn spawn_outside_a_runtime_is_an_error() {
+    let result = chainmail_net::Net::spawn(config(&network("nort"), tcp()));
+    assert!(matches!(result, Err(NetError::NoRuntime)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_event_queue_drops_frames_without_blocking() {
+    init_tracing();
+    within(async {
+        let net = network("slow-app");
+        let mut v_config = config(&net, tcp());
+        v_config.limits.event_queue = 8;
+        let mut v = start(v_config).await;
+        let mut g = start(config(&net, tcp())).await;
+        connect(&mut v, &mut g).await;
+
+        // The application does not read V's events while 200 frames arrive.
+        for i in 0..200 {
+            g.handle.send_packet(v.peer, frame(4, i)).await.unwrap();
+        }
+        let handle = v.handle.clone();
+        eventually("every frame received or counted", || {
+            let m = handle.metrics();
+            m.frames_in == 200 && m.frames_dropped.event_queue_full > 0
+        })
+        .await;
+        // The driver still answers, and the queue held at most its capacity.
+        assert!(v.handle.listen_addrs().await.is_ok());
+        let m = v.handle.metrics();
+        let mut queued = 0;
+        while let Some(event) = v.events.try_recv() {
+            if matches!(event, NetEvent::PacketReceived { .. }) {
+                queued += 1;
+            }
+        }
+        assert!(queued <= 8, "{queued}");
+        assert_eq!(queued + m.frames_dropped.event_queue_full, 200);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbound_queue_drops_frames() {
+    init_tracing();
+    within(async {
+        let net = network("stalled-peer");
+        let names = ProtocolNames::new(&net);
+        let mut v_config = config(&net, tcp());
+        v_config.limits.outbound_queue_frames = 8;
+        let v = start(v_config).await;
+
+        // A peer that accepts packet streams but never reads them: V's
+        // writes stall once the multiplexer's window is full.
+        let mut raw = RawPeer::connect(&v.addr).await;
+        let _incoming = raw
+            .control
+            .accept(libp2p::StreamProtocol::try_from_owned(names.packet.clone()).unwrap())
+            .unwrap();
+        // Make sure the connection is up (V counts it) before sending.
+        let handle = v.handle.clone();
+        eventually("raw peer connected", || handle.metrics().connections == 1).await;
+
+        for i in 0..1000 {
+            v.handle.send_packet(raw.peer, frame(5, i)).await.unwrap();
+        }
+        eventually("queue overflow counted", || {
+            let m = handle.metrics();
+            m.frames_dropped.queue_full > 0
+                && m.frames_out + m.frames_dropped.queue_full + 8 + 1 >= 1000
+        })
+        .await;
+        let m = v.handle.metrics();
+        eprintln!("stalled peer: {m:?}");
+        // Written into the stream, waiting in the queue (at most 8, plus one
+        // being written), or dropped: nothing else, nothing unbounded.
+        assert!(m.frames_out + m.frames_dropped.queue_full <= 1000, "{m:?}");
+        assert!(
+            m.frames_out < 1000,
+            "the stalled peer did not take everything"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,336 @@
+//! The local API: HTTP on 127.0.0.1 only, every call but `/metrics` needs
+//! the bearer token from `api.json` in the data directory.
+//!
+//! - `GET /v1/status`: node and client status
+//! - `POST /v1/send` `{"to": ADDRESS, "text": TEXT}`: queue a message
+//! - `GET /v1/events?after=N&wait_ms=M`: the client's event log after N,
+//!   waiting up to M ms for something new
+//! - `GET /metrics`: Prometheus text
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chainmail_mixnet::{ClientStats, NodeStats};
+use chainmail_net::NetMetrics;
+use chainmail_store::StoreStats;
+use rand::RngExt;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::runtime::{ApiCall, LoggedEvent, hex};
+
+/// A running API server.
+pub(crate) struct Api {
+    /// Port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Bearer token.
+    pub(crate) token: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    calls: mpsc::Sender<ApiCall>,
+    token: String,
+    events: EventSource,
+}
+
+/// Reads the event log (written by the runtime into the store).
+#[derive(Clone)]
+pub(crate) struct EventSource(pub std::sync::Arc<chainmail_store::Store>);
+
+/// Starts the API on 127.0.0.1:`port` (0: any free port).
+pub(crate) async fn serve(
+    port: u16,
+    calls: mpsc::Sender<ApiCall>,
+    events: EventSource,
+) -> Result<Api> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the local API"))?;
+    let port = listener.local_addr()?.port();
+    let token = hex(&rand::rng().random::<[u8; 32]>());
+    let state = AppState {
+        calls,
+        token: token.clone(),
+        events,
+    };
+    let app = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/send", post(send))
+        .route("/v1/events", get(events_handler))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(Api { port, token })
+}
+
+/// `None` if the request carries the token; otherwise the refusal.
+fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let expected = format!("Bearer {}", state.token);
+    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        Some(v) if v == expected => None,
+        _ => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token (see api.json in the data directory)\n",
+            )
+                .into_response(),
+        ),
+    }
+}
+
+async fn call<T>(
+    state: &AppState,
+    make: impl FnOnce(oneshot::Sender<T>) -> ApiCall,
+) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    state
+        .calls
+        .send(make(tx))
+        .await
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "node is stopping\n").into_response())?;
+    rx.await
+        .map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "node is stopping\n").into_response())
+}
+
+async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    match call(&state, ApiCall::Status).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    to: String,
+    text: String,
+}
+
+async fn send(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<SendBody>,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    match call(&state, |reply| ApiCall::Send {
+        to: body.to,
+        text: body.text,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(id)) => Json(serde_json::json!({ "id": id })).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn events_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
+    loop {
+        match read_events(&state.events, q.after) {
+            Ok(events) if !events.is_empty() || tokio::time::Instant::now() >= deadline => {
+                return Json(events).into_response();
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
+            }
+        }
+    }
+}
+
+/// Events after `after`, at most 1000.
+pub(crate) fn read_events(source: &EventSource, after: u64) -> Result<Vec<LoggedEvent>> {
+    let mut out = Vec::new();
+    for (key, value) in source.0.kv_list("events")? {
+        let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
+            continue;
+        };
+        if seq > after {
+            out.push(serde_json::from_slice(&value).context("event log entry is damaged")?);
+        }
+        if out.len() >= 1000 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    match call(&state, ApiCall::Metrics).await {
+        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Renders the counters in the Prometheus text format.
+pub(crate) fn render_metrics(
+    node: Option<(&NodeStats, usize)>,
+    client: Option<&ClientStats>,
+    net: &NetMetrics,
+    store: Option<StoreStats>,
+) -> String {
+    let mut out = String::new();
+    fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    }
+    if let Some((s, queue)) = node {
+        counter(
+            &mut out,
+            "chainmail_packets_in_total",
+            "Mix packets received.",
+            &[(String::new(), s.packets_in)],
+        );
+        counter(
+            &mut out,
+            "chainmail_packets_out_total",
+            "Mix packets sent on.",
+            &[(String::new(), s.packets_out)],
+        );
+        counter(
+            &mut out,
+            "chainmail_delivered_total",
+            "Packets stored into mailboxes.",
+            &[(String::new(), s.delivered)],
+        );
+        counter(
+            &mut out,
+            "chainmail_drop_cover_discarded_total",
+            "Drop cover discarded here.",
+            &[(String::new(), s.drop_cover_discarded)],
+        );
+        counter(
+            &mut out,
+            "chainmail_mix_loops_total",
+            "Mix loop cover sent and returned.",
+            &[
+                ("{state=\"sent\"}".into(), s.loops_sent),
+                ("{state=\"returned\"}".into(), s.loops_returned),
+            ],
+        );
+        let dropped: Vec<(String, u64)> = s
+            .dropped
+            .iter()
+            .map(|(r, n)| {
+                (
+                    format!("{{reason=\"{}\"}}", format!("{r:?}").to_lowercase()),
+                    *n,
+                )
+            })
+            .collect();
+        counter(
+            &mut out,
+            "chainmail_packets_dropped_total",
+            "Packets dropped, by reason.",
+            &dropped,
+        );
+        counter(
+            &mut out,
+            "chainmail_fetches_total",
+            "Mailbox fetches.",
+            &[
+                ("{result=\"served\"}".into(), s.fetches_served),
+                ("{result=\"refused\"}".into(), s.fetches_refused),
+            ],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chainmail_queue_depth Packets held for their delay.\n# TYPE chainmail_queue_depth gauge\nchainmail_queue_depth {queue}"
+        );
+    }
+    if let Some(c) = client {
+        counter(
+            &mut out,
+            "chainmail_client_packets_total",
+            "Packets the client sent, by kind.",
+            &[
+                ("{kind=\"real\"}".into(), c.real_sent),
+                ("{kind=\"ack\"}".into(), c.acks_sent),
+                ("{kind=\"drop\"}".into(), c.drop_sent),
+                ("{kind=\"loop\"}".into(), c.loops_sent),
+            ],
+        );
+        counter(
+            &mut out,
+            "chainmail_client_retransmissions_total",
+            "Messages sent again.",
+            &[(String::new(), c.retransmissions)],
+        );
+    }
+    let d = &net.frames_dropped;
+    counter(
+        &mut out,
+        "chainmail_net_frames_dropped_total",
+        "Frames dropped by the network layer, by reason.",
+        &[
+            ("{reason=\"rate_limited\"}".into(), d.rate_limited),
+            ("{reason=\"malformed\"}".into(), d.malformed),
+            ("{reason=\"queue_full\"}".into(), d.queue_full),
+            ("{reason=\"no_connection\"}".into(), d.no_connection),
+            ("{reason=\"event_queue_full\"}".into(), d.event_queue_full),
+        ],
+    );
+    counter(
+        &mut out,
+        "chainmail_net_frames_total",
+        "Frames on the packet protocol.",
+        &[
+            ("{dir=\"in\"}".into(), net.frames_in),
+            ("{dir=\"out\"}".into(), net.frames_out),
+        ],
+    );
+    if let Some(st) = store {
+        let _ = writeln!(
+            out,
+            "# HELP chainmail_mailbox_items Items held in mailboxes.\n# TYPE chainmail_mailbox_items gauge"
+        );
+        for m in st.mailboxes.iter().take(1000) {
+            let _ = writeln!(
+                out,
+                "chainmail_mailbox_items{{mailbox=\"{}\"}} {}",
+                hex(&m.mailbox[..4]),
+                m.items
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP chainmail_mailbox_bytes_total Bytes held in all mailboxes.\n# TYPE chainmail_mailbox_bytes_total gauge\nchainmail_mailbox_bytes_total {}",
+            st.total_bytes
+        );
+    }
+    out
+}

@@ -1,0 +1,314 @@
+//! `chainmail`: the node, the local network tools, the demo, and the
+//! commands that talk to a running node.
+
+// The binary is the driver of the sans-IO cores: it is where the clock is
+// read (the cores take `now` as an input and keep the ban).
+#![allow(clippy::disallowed_methods)]
+
+mod api;
+mod api_client;
+mod demo;
+mod network;
+mod runtime;
+mod testnet;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chainmail_mixnet::{Preset, Roles};
+use chainmail_packet::NodeId;
+use clap::{Parser, Subcommand};
+
+use crate::network::NetworkFile;
+use crate::runtime::NodeOptions;
+
+/// Chainmail: a serverless, metadata-private messenger.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. "info" or "chainmail=debug" (or set RUST_LOG).
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole local network and two users, alice and bob, who send
+    /// each other messages through it; print what happened. Exits non-zero
+    /// if a message was lost.
+    Demo {
+        /// Nodes in the network (each is a mix and a provider).
+        #[arg(long, default_value_t = 9)]
+        nodes: usize,
+        /// Messages each user sends.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// Anonymity preset: low-bandwidth, standard or strong.
+        #[arg(long, default_value = "standard", value_parser = parse_preset)]
+        preset: Preset,
+        /// Keep the network's files here (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 180)]
+        timeout_secs: u64,
+    },
+    /// Start N nodes on 127.0.0.1, write DIR/network.toml, say when the
+    /// directory is complete, and run until interrupted.
+    Testnet {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 9)]
+        nodes: usize,
+        /// Directory for the network file and the nodes' data.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Anonymity preset: low-bandwidth, standard or strong.
+        #[arg(long, default_value = "standard", value_parser = parse_preset)]
+        preset: Preset,
+        /// Mix-key epoch length, seconds.
+        #[arg(long, default_value_t = 3600)]
+        epoch_secs: u64,
+    },
+    /// Run a node: a mix and provider for the network, and (with --client)
+    /// its user's client. Runs until interrupted.
+    Node(NodeArgs),
+    /// Show a running node's status (directory, peers, the client's address).
+    Status(DataDirArg),
+    /// Send a message through the mixnet from a running node's client.
+    Send {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The recipient's address (`chainmail status` prints a node's).
+        #[arg(long)]
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// Print the client's events: messages received, delivered, failed.
+    Events {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Only events after this position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new events.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DataDirArg {
+    /// The node's data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The network file (see network.example.toml).
+    #[arg(long)]
+    network: PathBuf,
+    /// Where the node keeps its keys, mailboxes and state.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// TCP port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    tcp_port: u16,
+    /// QUIC port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    quic_port: u16,
+    /// Port of the local API on 127.0.0.1 (0: any; see api.json).
+    #[arg(long, default_value_t = 0)]
+    api_port: u16,
+    /// What the node does for the network: "mix,provider" (default),
+    /// "mix", "provider", or "none" for a client-only node.
+    #[arg(long, default_value = "mix,provider")]
+    roles: String,
+    /// Host the user's client in this node.
+    #[arg(long)]
+    client: bool,
+    /// Providers for the client's mailboxes (node ids in hex, at least two);
+    /// chosen from the directory if not given.
+    #[arg(long, value_delimiter = ',')]
+    providers: Vec<String>,
+    /// Seconds between republications of the node's descriptor.
+    #[arg(long, default_value_t = 60)]
+    descriptor_refresh_secs: u64,
+}
+
+fn parse_preset(text: &str) -> Result<Preset, String> {
+    match text {
+        "low-bandwidth" => Ok(Preset::LowBandwidth),
+        "standard" => Ok(Preset::Standard),
+        "strong" => Ok(Preset::Strong),
+        other => Err(format!(
+            "unknown preset {other:?}: use low-bandwidth, standard or strong"
+        )),
+    }
+}
+
+fn parse_roles(text: &str) -> Result<Roles> {
+    let mut roles = Roles {
+        mix: false,
+        provider: false,
+    };
+    for part in text.split(',').map(str::trim) {
+        match part {
+            "mix" => roles.mix = true,
+            "provider" => roles.provider = true,
+            "none" => {}
+            other => bail!("unknown role {other:?}: use mix, provider, or none"),
+        }
+    }
+    Ok(roles)
+}
+
+fn parse_node_id(text: &str) -> Result<NodeId> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .with_context(|| format!("provider {text:?} is not a hex node id"))?;
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("provider {text:?} must be 64 hex digits"))?;
+    Ok(NodeId(bytes))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<std::process::ExitCode> {
+    match command {
+        Command::Demo {
+            nodes,
+            messages,
+            preset,
+            dir,
+            timeout_secs,
+        } => {
+            let ok = demo::run(demo::DemoOptions {
+                nodes,
+                messages,
+                preset,
+                dir,
+                timeout: Duration::from_secs(timeout_secs),
+            })
+            .await?;
+            if !ok {
+                return Ok(std::process::ExitCode::FAILURE);
+            }
+        }
+        Command::Testnet {
+            nodes,
+            dir,
+            preset,
+            epoch_secs,
+        } => {
+            testnet::run(
+                &dir,
+                testnet::TestnetOptions {
+                    nodes,
+                    preset,
+                    epoch_secs,
+                    mean_delay_ms: None,
+                },
+            )
+            .await?;
+        }
+        Command::Node(args) => {
+            let network = NetworkFile::load(&args.network)?;
+            let opts = NodeOptions {
+                network,
+                data_dir: args.data_dir,
+                tcp_port: args.tcp_port,
+                quic_port: args.quic_port,
+                roles: parse_roles(&args.roles)?,
+                client: args.client,
+                providers: args
+                    .providers
+                    .iter()
+                    .map(|p| parse_node_id(p))
+                    .collect::<Result<_>>()?,
+                api_port: args.api_port,
+                descriptor_refresh: Duration::from_secs(args.descriptor_refresh_secs.max(1)),
+            };
+            if !opts.providers.is_empty() && opts.providers.len() < 2 {
+                bail!("give at least two --providers, so that one can fail without losing mail");
+            }
+            runtime::run_node(opts, shutdown_signal()).await?;
+        }
+        Command::Status(data) => {
+            let status: serde_json::Value = api_client::get(&data.data_dir, "/v1/status").await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        Command::Send { data, to, text } => {
+            let body = serde_json::json!({ "to": to, "text": text });
+            let reply: serde_json::Value =
+                api_client::post(&data.data_dir, "/v1/send", &body).await?;
+            println!("{}", reply["id"].as_str().unwrap_or_default());
+        }
+        Command::Events {
+            data,
+            after,
+            follow,
+        } => {
+            let mut after = after;
+            loop {
+                let path = format!(
+                    "/v1/events?after={after}&wait_ms={}",
+                    if follow { 20_000 } else { 0 }
+                );
+                let events: Vec<runtime::LoggedEvent> =
+                    api_client::get(&data.data_dir, &path).await?;
+                for e in &events {
+                    println!("{}", serde_json::to_string(e)?);
+                    after = after.max(e.seq);
+                }
+                if !follow {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -1,0 +1,266 @@
+//! The network file: what defines one Chainmail network. Nodes with
+//! different network ids never talk to each other.
+
+use std::path::Path;
+use std::time::Duration;
+
+use chainmail_mixnet::{Params, Preset, TrafficRates};
+use serde::{Deserialize, Serialize};
+
+/// A network file, as written in TOML.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkFile {
+    /// Identity of the network.
+    pub(crate) network: NetworkSection,
+    /// Mix-key epochs.
+    #[serde(default)]
+    pub(crate) epochs: EpochSection,
+    /// Mixing and cover traffic.
+    #[serde(default)]
+    pub(crate) mixing: MixingSection,
+    /// Mailboxes at providers.
+    #[serde(default)]
+    pub(crate) mailboxes: MailboxSection,
+}
+
+/// `[network]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NetworkSection {
+    /// Network id: part of every protocol name. Letters, digits and `-`.
+    pub(crate) id: String,
+    /// Human-readable name.
+    pub(crate) name: String,
+    /// Multiaddresses (with `/p2p/<peer id>`) of nodes to join through.
+    #[serde(default)]
+    pub(crate) bootstrap: Vec<String>,
+}
+
+/// `[epochs]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EpochSection {
+    /// Length of a mix-key epoch, seconds.
+    pub(crate) length_secs: u64,
+    /// How long a key stays usable after its epoch, seconds.
+    pub(crate) key_grace_secs: u64,
+}
+
+impl Default for EpochSection {
+    fn default() -> Self {
+        EpochSection {
+            length_secs: 3600,
+            key_grace_secs: 600,
+        }
+    }
+}
+
+/// `[mixing]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MixingSection {
+    /// Mix layers between the providers.
+    pub(crate) layers: usize,
+    /// Most mixes per layer in an epoch.
+    pub(crate) layer_width_cap: usize,
+    /// Anonymity preset: "low-bandwidth", "standard" or "strong".
+    pub(crate) preset: Preset,
+    /// Override of the preset's mean per-hop delay, milliseconds.
+    pub(crate) mean_delay_ms: Option<f64>,
+    /// Override of the preset's client payload rate, packets per second.
+    pub(crate) payload_per_s: Option<f64>,
+    /// Override of the preset's client loop cover rate.
+    pub(crate) loop_per_s: Option<f64>,
+    /// Override of the preset's client drop cover rate.
+    pub(crate) drop_per_s: Option<f64>,
+    /// Override of the preset's mix loop cover rate.
+    pub(crate) mix_loop_per_s: Option<f64>,
+}
+
+impl Default for MixingSection {
+    fn default() -> Self {
+        MixingSection {
+            layers: 3,
+            layer_width_cap: 64,
+            preset: Preset::Standard,
+            mean_delay_ms: None,
+            payload_per_s: None,
+            loop_per_s: None,
+            drop_per_s: None,
+            mix_loop_per_s: None,
+        }
+    }
+}
+
+/// `[mailboxes]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct MailboxSection {
+    /// How long providers keep mail, hours.
+    pub(crate) retention_hours: u64,
+    /// Most items per mailbox.
+    pub(crate) quota_items: u64,
+    /// Most bytes per mailbox.
+    pub(crate) quota_bytes: u64,
+}
+
+impl Default for MailboxSection {
+    fn default() -> Self {
+        MailboxSection {
+            retention_hours: 7 * 24,
+            quota_items: 10_000,
+            quota_bytes: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// A network file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum NetworkFileError {
+    /// The file could not be read.
+    #[error("cannot read network file {path}: {source}")]
+    Read {
+        /// Path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped fields.
+    #[error("network file {path} is not valid: {message}")]
+    Syntax {
+        /// Path.
+        path: String,
+        /// What the parser said (with line and column).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("network file {path}: {message}")]
+    Invalid {
+        /// Path.
+        path: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+impl NetworkFile {
+    /// Reads and validates a network file.
+    pub(crate) fn load(path: &Path) -> Result<Self, NetworkFileError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| NetworkFileError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            NetworkFileError::Syntax { message, .. } => NetworkFileError::Syntax {
+                path: shown,
+                message,
+            },
+            NetworkFileError::Invalid { message, .. } => NetworkFileError::Invalid {
+                path: shown,
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates network file text.
+    pub(crate) fn parse(text: &str) -> Result<Self, NetworkFileError> {
+        let file: NetworkFile = toml::from_str(text).map_err(|e| NetworkFileError::Syntax {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        file.params().map_err(|message| NetworkFileError::Invalid {
+            path: String::new(),
+            message,
+        })?;
+        Ok(file)
+    }
+
+    /// The file as TOML.
+    pub(crate) fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The mixnet parameters this file sets, validated.
+    pub(crate) fn params(&self) -> Result<Params, String> {
+        let id = &self.network.id;
+        if id.is_empty()
+            || id.len() > 64
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(format!(
+                "network id {id:?} must be 1 to 64 letters, digits or '-' (it becomes part of protocol names)"
+            ));
+        }
+        for address in &self.network.bootstrap {
+            if !address.starts_with('/') || !address.contains("/p2p/") {
+                return Err(format!(
+                    "bootstrap address {address:?} must be a multiaddress ending in /p2p/<peer id>"
+                ));
+            }
+        }
+        let m = &self.mixing;
+        let preset = m.preset.rates();
+        let rates = TrafficRates {
+            payload_per_s: m.payload_per_s.unwrap_or(preset.payload_per_s),
+            loop_per_s: m.loop_per_s.unwrap_or(preset.loop_per_s),
+            drop_per_s: m.drop_per_s.unwrap_or(preset.drop_per_s),
+            mix_loop_per_s: m.mix_loop_per_s.unwrap_or(preset.mix_loop_per_s),
+            mean_delay_ms: m.mean_delay_ms.unwrap_or(preset.mean_delay_ms),
+        };
+        let epoch_length = Duration::from_secs(self.epochs.length_secs);
+        let params = Params {
+            epoch_length,
+            key_grace: Duration::from_secs(self.epochs.key_grace_secs),
+            layers: m.layers,
+            layer_width_cap: m.layer_width_cap,
+            rates,
+            mailbox_ttl: Duration::from_secs(self.mailboxes.retention_hours.saturating_mul(3600)),
+            mailbox_max_items: self.mailboxes.quota_items,
+            mailbox_max_bytes: self.mailboxes.quota_bytes,
+            descriptor_lifetime: (epoch_length * 3).max(Duration::from_secs(600)),
+        };
+        params.validate()?;
+        if params.mailbox_ttl < Duration::from_secs(3600) {
+            return Err("mailbox retention must be at least 1 hour".into());
+        }
+        if params.mailbox_max_items == 0 || params.mailbox_max_bytes < 64 * 1024 {
+            return Err("mailbox quota must allow at least 1 item and 64 KiB".into());
+        }
+        Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../network.example.toml");
+
+    #[test]
+    fn the_example_file_parses() {
+        let file = NetworkFile::parse(EXAMPLE).unwrap();
+        assert_eq!(file.params().unwrap().rates, Preset::Standard.rates());
+        // And it survives a round trip through TOML.
+        assert_eq!(NetworkFile::parse(&file.to_toml()).unwrap(), file);
+    }
+
+    #[test]
+    fn mistakes_give_clear_errors() {
+        let bad_id = EXAMPLE.replace("id = \"chainmail-example\"", "id = \"has spaces\"");
+        let e = NetworkFile::parse(&bad_id).unwrap_err().to_string();
+        assert!(e.contains("letters, digits"), "{e}");
+        let unknown = format!("{EXAMPLE}\n[extra]\nx = 1\n");
+        let e = NetworkFile::parse(&unknown).unwrap_err().to_string();
+        assert!(e.contains("extra"), "{e}");
+        let fast = EXAMPLE.replace("length_secs = 3600", "length_secs = 2");
+        let e = NetworkFile::parse(&fast).unwrap_err().to_string();
+        assert!(e.contains("epoch length"), "{e}");
+        let preset = EXAMPLE.replace("preset = \"standard\"", "preset = \"paranoid\"");
+        let e = NetworkFile::parse(&preset).unwrap_err().to_string();
+        assert!(e.contains("paranoid") || e.contains("variant"), "{e}");
+    }
+}

@@ -1,0 +1,886 @@
+//! The node runtime: drives the mixnet cores (node and hosted client)
+//! against libp2p (`chainmail-net`) and redb (`chainmail-store`).
+//!
+//! One task owns all state. Each turn it takes a batch of inputs (network
+//! events, fetch results, API calls, timers), feeds them to the cores, then
+//! stores what must be durable — replay tags, received messages — and only
+//! then sends what the cores produced.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chainmail_mixnet::message::ClientAddress;
+use chainmail_mixnet::{
+    Client, ClientConfig, ClientEvent, ClientKeys, DescriptorSet, EpochDirectory, MailboxStore,
+    MixnetError, Node, NodeConfig, NodeEvent, Params, Roles, Time, network_hash,
+};
+use chainmail_net::{
+    Multiaddr, Net, NetConfig, NetEvent, NetHandle, PeerId, ReplyHandle, peer_id_from_node_key,
+};
+use chainmail_packet::{Epoch, MailboxId, MixSecretKey, NodeId, ReplayTag};
+use chainmail_store::{AppendOutcome, Store};
+use ed25519_dalek::SigningKey;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::network::NetworkFile;
+
+/// Software version carried in descriptors.
+pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
+
+const REQ_FETCH: u8 = 0x01;
+const REQ_DESCRIPTORS: u8 = 0x02;
+const MAX_BATCH: usize = 512;
+
+/// The clock.
+pub(crate) fn now() -> Time {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time(since.as_millis() as u64)
+}
+
+/// How a node is started.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeOptions {
+    /// The network file.
+    pub(crate) network: NetworkFile,
+    /// Where the node keeps its state.
+    pub(crate) data_dir: PathBuf,
+    /// TCP port on 127.0.0.1 (0: any).
+    pub(crate) tcp_port: u16,
+    /// QUIC port on 127.0.0.1 (0: any).
+    pub(crate) quic_port: u16,
+    /// Mix and/or provider; neither for a client-only node.
+    pub(crate) roles: Roles,
+    /// Whether the node hosts its user's client.
+    pub(crate) client: bool,
+    /// Providers the client should use (node ids); empty: choose.
+    pub(crate) providers: Vec<NodeId>,
+    /// Port of the local API on 127.0.0.1 (0: any).
+    pub(crate) api_port: u16,
+    /// How often the node republishes its descriptor.
+    pub(crate) descriptor_refresh: Duration,
+}
+
+/// Where the local API listens and its token; written to `api.json` in the
+/// data directory (readable by the owner only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct ApiInfo {
+    /// Port on 127.0.0.1.
+    pub(crate) port: u16,
+    /// Bearer token.
+    pub(crate) token: String,
+    /// The node's peer id.
+    pub(crate) peer_id: String,
+}
+
+/// Requests from the local API to the runtime.
+pub(crate) enum ApiCall {
+    /// Status snapshot.
+    Status(oneshot::Sender<Status>),
+    /// Send a message.
+    Send {
+        to: String,
+        text: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Prometheus metrics text.
+    Metrics(oneshot::Sender<String>),
+}
+
+/// What `GET /v1/status` returns.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Status {
+    /// Peer id.
+    pub(crate) peer_id: String,
+    /// Node id (hex of the Ed25519 key).
+    pub(crate) node_id: String,
+    /// Roles.
+    pub(crate) mix: bool,
+    /// Roles.
+    pub(crate) provider: bool,
+    /// Connected peers.
+    pub(crate) peers: usize,
+    /// Descriptors known.
+    pub(crate) descriptors: usize,
+    /// Current epoch.
+    pub(crate) epoch: u32,
+    /// Mixes per layer in the current epoch's directory.
+    pub(crate) layers: Vec<usize>,
+    /// Providers in the current epoch's directory.
+    pub(crate) providers: usize,
+    /// Whether routes can be built.
+    pub(crate) directory_complete: bool,
+    /// The hosted client's address, once it has providers.
+    pub(crate) address: Option<String>,
+    /// Messages sent and not yet acknowledged.
+    pub(crate) pending: usize,
+    /// Number of events in the event log.
+    pub(crate) events: u64,
+    /// Packets the client has put on its link.
+    pub(crate) client_packets_sent: u64,
+}
+
+/// One entry of the client's event log (kept in the store).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct LoggedEvent {
+    /// Position in the log, from 1.
+    pub(crate) seq: u64,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) at: u64,
+    /// "received", "delivered" or "failed".
+    pub(crate) kind: String,
+    /// Message id (hex).
+    pub(crate) id: String,
+    /// Text of a received message.
+    pub(crate) text: Option<String>,
+    /// For "delivered": milliseconds from send to acknowledgement.
+    pub(crate) after_ms: Option<u64>,
+}
+
+/// Mailboxes on redb, for the node core.
+struct RedbMailboxes {
+    store: Arc<Store>,
+    total_bytes: u64,
+}
+
+impl MailboxStore for RedbMailboxes {
+    fn append(
+        &mut self,
+        mailbox: &MailboxId,
+        item: &[u8],
+        now: Time,
+        quota: chainmail_mixnet::mailbox::Quota,
+    ) -> Result<chainmail_mixnet::mailbox::Appended, MixnetError> {
+        let quota = chainmail_store::Quota {
+            max_items: quota.max_items,
+            max_bytes: quota.max_bytes,
+            max_total_bytes: self.total_bytes,
+        };
+        let out = self
+            .store
+            .mailbox_append(&[(mailbox.0, item)], now.0, &quota)
+            .map_err(store_err)?;
+        Ok(match out.first() {
+            Some(AppendOutcome::Stored { seq }) => {
+                chainmail_mixnet::mailbox::Appended::Stored(*seq)
+            }
+            _ => chainmail_mixnet::mailbox::Appended::OverQuota,
+        })
+    }
+
+    fn read(
+        &mut self,
+        mailbox: &MailboxId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, MixnetError> {
+        let items = self
+            .store
+            .mailbox_read(&mailbox.0, after, limit)
+            .map_err(store_err)?;
+        Ok(items.into_iter().map(|i| (i.seq, i.bytes)).collect())
+    }
+
+    fn delete_through(&mut self, mailbox: &MailboxId, through: u64) -> Result<(), MixnetError> {
+        self.store
+            .mailbox_delete_through(&mailbox.0, through)
+            .map(|_| ())
+            .map_err(store_err)
+    }
+
+    fn expire(&mut self, now: Time, ttl: Duration) -> Result<usize, MixnetError> {
+        self.store
+            .mailbox_expire(now.0, ttl.as_millis() as u64)
+            .map_err(store_err)
+    }
+}
+
+fn store_err(e: chainmail_store::StoreError) -> MixnetError {
+    MixnetError::Store(e.to_string())
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredClientKeys {
+    seal: [u8; 32],
+    mailboxes: Vec<(NodeId, [u8; 32])>,
+}
+
+enum Internal {
+    Fetched {
+        provider: NodeId,
+        result: Result<Vec<u8>, String>,
+    },
+    Descriptors(Vec<Vec<u8>>),
+}
+
+struct Runtime {
+    opts: NodeOptions,
+    params: Params,
+    store: Arc<Store>,
+    net: NetHandle,
+    id: NodeId,
+    node: Option<Node<RedbMailboxes>>,
+    client: Option<Client>,
+    descriptors: DescriptorSet,
+    directory_epoch: Option<Epoch>,
+    current_directory: Option<Arc<EpochDirectory>>,
+    known_addresses: HashMap<NodeId, Vec<String>>,
+    listen_addrs: Vec<Multiaddr>,
+    peers: usize,
+    replies: HashMap<u64, ReplyHandle>,
+    next_request: u64,
+    internal_tx: mpsc::Sender<Internal>,
+    next_publish: Time,
+    event_seq: u64,
+}
+
+/// Runs a node until `shutdown` resolves.
+pub(crate) async fn run_node(
+    opts: NodeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let params = opts
+        .network
+        .params()
+        .map_err(|e| anyhow::anyhow!("network file: {e}"))?;
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create data directory {}", opts.data_dir.display()))?;
+    let store = Arc::new(
+        Store::open(&opts.data_dir.join("node.redb")).context("opening the node's database")?,
+    );
+    let identity = match store.node_identity()? {
+        Some(secret) => SigningKey::from_bytes(&secret),
+        None => {
+            let secret: [u8; 32] = rand::rng().random();
+            store.set_node_identity(&secret)?;
+            SigningKey::from_bytes(&secret)
+        }
+    };
+    let id = NodeId(identity.verifying_key().to_bytes());
+
+    let mut config = NetConfig::new(opts.network.network.id.clone(), identity.to_bytes());
+    config.listen_addrs = vec![
+        format!("/ip4/127.0.0.1/tcp/{}", opts.tcp_port).parse()?,
+        format!("/ip4/127.0.0.1/udp/{}/quic-v1", opts.quic_port).parse()?,
+    ];
+    config.bootstrap = opts
+        .network
+        .network
+        .bootstrap
+        .iter()
+        .map(|a| a.parse::<Multiaddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("bootstrap address in the network file")?
+        .into_iter()
+        // Do not dial ourselves.
+        .filter(|a| {
+            !a.to_string().ends_with(
+                &peer_id_from_node_key(&id.0)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    config.kad_server = opts.roles.mix || opts.roles.provider;
+    config.timeouts.request = Duration::from_secs(40);
+    let (net, mut events) = Net::spawn(config).context("starting the network")?;
+
+    let node = if opts.roles.mix || opts.roles.provider {
+        let mut node_config =
+            NodeConfig::new(params.clone(), network_hash(&opts.network.network.id));
+        node_config.roles = opts.roles;
+        let mailboxes = RedbMailboxes {
+            store: store.clone(),
+            total_bytes: 8 * 1024 * 1024 * 1024,
+        };
+        let mut node = Node::new(
+            node_config,
+            identity.clone(),
+            mailboxes,
+            rand::rng().random(),
+        );
+        for (epoch, secret) in store.mix_keys()? {
+            node.restore_key(MixSecretKey::from_bytes(Epoch(epoch), *secret));
+            let tags = store.replay_tags(epoch)?;
+            node.restore_replay_tags(Epoch(epoch), tags.into_iter().map(ReplayTag));
+        }
+        Some(node)
+    } else {
+        None
+    };
+
+    let (internal_tx, mut internal_rx) = mpsc::channel(1024);
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let api = crate::api::serve(
+        opts.api_port,
+        api_tx,
+        crate::api::EventSource(store.clone()),
+    )
+    .await?;
+    let info = ApiInfo {
+        port: api.port,
+        token: api.token.clone(),
+        peer_id: net.local_peer_id().to_string(),
+    };
+    write_private(
+        &opts.data_dir.join("api.json"),
+        &serde_json::to_vec_pretty(&info)?,
+    )?;
+    info!(peer = %net.local_peer_id(), api = api.port, "node started");
+
+    let event_seq = store.kv_list("events")?.len() as u64;
+    let mut rt = Runtime {
+        params: params.clone(),
+        descriptors: DescriptorSet::new(network_hash(&opts.network.network.id)),
+        opts,
+        store,
+        net,
+        id,
+        node,
+        client: None,
+        directory_epoch: None,
+        current_directory: None,
+        known_addresses: HashMap::new(),
+        listen_addrs: Vec::new(),
+        peers: 0,
+        replies: HashMap::new(),
+        next_request: 0,
+        internal_tx,
+        next_publish: Time(0),
+        event_seq,
+    };
+    rt.load_client()?;
+
+    tokio::pin!(shutdown);
+    loop {
+        let now = now();
+        let wake = rt.next_wake(now);
+        let sleep = tokio::time::sleep(Duration::from_millis(
+            wake.0.saturating_sub(now.0).min(1000),
+        ));
+        tokio::select! {
+            () = &mut shutdown => break,
+            event = events.recv() => {
+                let Some(event) = event else { bail!("the network driver stopped") };
+                rt.on_net(now, event).await;
+                // Take what else is waiting, so replay tags are stored once per batch.
+                for _ in 0..MAX_BATCH {
+                    match events.try_recv() {
+                        Some(event) => rt.on_net(now, event).await,
+                        None => break,
+                    }
+                }
+            }
+            Some(internal) = internal_rx.recv() => rt.on_internal(now, internal),
+            Some(call) = api_rx.recv() => rt.on_api(now, call),
+            () = sleep => {}
+        }
+        let now = crate::runtime::now();
+        rt.tick(now).await?;
+    }
+    info!("node stopping");
+    rt.net.shutdown().await;
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+impl Runtime {
+    fn next_wake(&self, now: Time) -> Time {
+        let node = self.node.as_ref().and_then(|n| n.poll_timeout());
+        let client = self.client.as_ref().and_then(|c| c.poll_timeout());
+        [
+            node,
+            client,
+            Some(self.next_publish),
+            Some(now + Duration::from_secs(1)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now)
+    }
+
+    fn load_client(&mut self) -> Result<()> {
+        if !self.opts.client {
+            return Ok(());
+        }
+        let Some(bytes) = self.store.kv_get("client", b"keys")? else {
+            return Ok(());
+        };
+        let stored: StoredClientKeys =
+            postcard::from_bytes(&bytes).context("stored client keys are damaged")?;
+        let keys = ClientKeys {
+            seal: chainmail_mixnet::message::SealKey::from_bytes(stored.seal),
+            mailboxes: stored
+                .mailboxes
+                .iter()
+                .map(|(p, k)| (*p, SigningKey::from_bytes(k)))
+                .collect(),
+        };
+        self.start_client(keys);
+        Ok(())
+    }
+
+    fn start_client(&mut self, keys: ClientKeys) {
+        let mut config = ClientConfig::new(self.params.clone());
+        config.fetch_wait = Duration::from_secs(20);
+        let mut client = Client::new(config, keys, rand::rng().random());
+        if let Some(d) = &self.current_directory {
+            client.set_directory(d.clone());
+        }
+        info!(address = %client.address().to_text(), "client ready");
+        self.client = Some(client);
+    }
+
+    /// Creates the client's keys once the directory lists providers.
+    fn ensure_client(&mut self, directory: &EpochDirectory) -> Result<()> {
+        if !self.opts.client || self.client.is_some() || directory.providers.len() < 2 {
+            return Ok(());
+        }
+        let mut providers: Vec<NodeId> = self.opts.providers.clone();
+        if providers.is_empty() {
+            let mut candidates: Vec<NodeId> = directory.providers.iter().map(|p| p.id).collect();
+            // Prefer this node when it is a provider; pick the rest at random.
+            if let Some(i) = candidates.iter().position(|p| *p == self.id) {
+                providers.push(candidates.remove(i));
+            }
+            let mut rng = rand::rng();
+            while providers.len() < 2 && !candidates.is_empty() {
+                providers.push(candidates.remove(rng.random_range(0..candidates.len())));
+            }
+        }
+        let keys = ClientKeys::generate(&mut rand::rng(), &providers);
+        let stored = StoredClientKeys {
+            seal: *keys.seal.to_bytes(),
+            mailboxes: keys
+                .mailboxes
+                .iter()
+                .map(|(p, k)| (*p, k.to_bytes()))
+                .collect(),
+        };
+        self.store
+            .kv_put("client", b"keys", &postcard::to_stdvec(&stored)?)?;
+        self.start_client(keys);
+        Ok(())
+    }
+
+    async fn on_net(&mut self, now: Time, event: NetEvent) {
+        match event {
+            NetEvent::PacketReceived { frame, .. } => {
+                if let Some(node) = &mut self.node {
+                    node.handle_packet(now, &frame[..]);
+                }
+            }
+            NetEvent::GossipReceived { bytes, .. } => self.learn_descriptor(now, &bytes),
+            NetEvent::RequestReceived { bytes, reply, .. } => self.on_request(now, bytes, reply),
+            NetEvent::PeerConnected { peer } => {
+                self.peers += 1;
+                self.sync_descriptors(peer);
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                self.peers = self.peers.saturating_sub(1);
+                if let (Some(client), Ok(key)) = (
+                    &mut self.client,
+                    chainmail_net::node_key_from_peer_id(&peer),
+                ) {
+                    client.set_provider_down(NodeId(key), true);
+                }
+            }
+            NetEvent::ListeningOn { addr } => {
+                self.listen_addrs.push(addr);
+                self.next_publish = now;
+            }
+            _ => {}
+        }
+    }
+
+    fn on_request(&mut self, now: Time, bytes: Vec<u8>, reply: ReplyHandle) {
+        match bytes.split_first() {
+            Some((&REQ_FETCH, body)) => match &mut self.node {
+                Some(node) => {
+                    let request = self.next_request;
+                    self.next_request += 1;
+                    self.replies.insert(request, reply);
+                    node.handle_fetch(now, request, body);
+                }
+                None => drop(reply),
+            },
+            Some((&REQ_DESCRIPTORS, _)) => {
+                let max = reply.max_response_size();
+                let mut all = Vec::new();
+                let mut size = 16;
+                for (_, bytes) in self.descriptors.signed() {
+                    size += bytes.len() + 4;
+                    if size > max {
+                        break;
+                    }
+                    all.push(bytes.as_ref().clone());
+                }
+                let _ = reply.send(postcard::to_stdvec(&all).unwrap_or_default());
+            }
+            _ => drop(reply),
+        }
+    }
+
+    fn sync_descriptors(&self, peer: PeerId) {
+        let net = self.net.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            if let Ok(bytes) = net.request(peer, vec![REQ_DESCRIPTORS]).await
+                && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
+            {
+                let _ = tx.send(Internal::Descriptors(all)).await;
+            }
+        });
+    }
+
+    fn learn_descriptor(&mut self, now: Time, bytes: &[u8]) {
+        match self.descriptors.insert(bytes, now) {
+            Ok(chainmail_mixnet::Inserted::Stale) => {}
+            Ok(_) => self.directory_epoch = None,
+            Err(e) => debug!(error = %e, "descriptor refused"),
+        }
+    }
+
+    fn on_internal(&mut self, now: Time, internal: Internal) {
+        match internal {
+            Internal::Fetched { provider, result } => {
+                if let Some(client) = &mut self.client {
+                    match result {
+                        Ok(bytes) => {
+                            client.set_provider_down(provider, false);
+                            client.handle_fetch_response(now, provider, &bytes);
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "fetch failed");
+                            client.handle_fetch_failed(now, provider);
+                        }
+                    }
+                }
+            }
+            Internal::Descriptors(all) => {
+                for bytes in all.iter().take(10_000) {
+                    self.learn_descriptor(now, bytes);
+                }
+            }
+        }
+    }
+
+    fn on_api(&mut self, now: Time, call: ApiCall) {
+        match call {
+            ApiCall::Status(reply) => {
+                let _ = reply.send(self.status(now));
+            }
+            ApiCall::Send { to, text, reply } => {
+                let result = match (&mut self.client, ClientAddress::from_text(&to)) {
+                    (None, _) => Err(
+                        "this node has no client yet (no directory, or started without --client)"
+                            .into(),
+                    ),
+                    (_, Err(e)) => Err(e.to_string()),
+                    (Some(client), Ok(address)) => client
+                        .send(now, &address, text.as_bytes())
+                        .map(|id| hex(&id))
+                        .map_err(|e| e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            ApiCall::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
+        }
+    }
+
+    fn status(&self, now: Time) -> Status {
+        let d = self.current_directory.as_ref();
+        Status {
+            peer_id: self.net.local_peer_id().to_string(),
+            node_id: hex(&self.id.0),
+            mix: self.opts.roles.mix,
+            provider: self.opts.roles.provider,
+            peers: self.peers,
+            descriptors: self.descriptors.len(),
+            epoch: self.params.epoch_at(now).0,
+            layers: d
+                .map(|d| d.layers.iter().map(Vec::len).collect())
+                .unwrap_or_default(),
+            providers: d.map_or(0, |d| d.providers.len()),
+            directory_complete: d.is_some_and(|d| d.is_complete()),
+            address: self.client.as_ref().map(|c| c.address().to_text()),
+            pending: self.client.as_ref().map_or(0, Client::pending),
+            events: self.event_seq,
+            client_packets_sent: self.client.as_ref().map_or(0, |c| c.stats().packets_sent()),
+        }
+    }
+
+    fn metrics(&self) -> String {
+        crate::api::render_metrics(
+            self.node.as_ref().map(|n| (n.stats(), n.queue_len())),
+            self.client.as_ref().map(Client::stats),
+            &self.net.metrics(),
+            self.store.mailbox_stats().ok(),
+        )
+    }
+
+    /// Time passes: timers of the cores, directory, descriptor publication;
+    /// then store what must be durable, then send.
+    async fn tick(&mut self, now: Time) -> Result<()> {
+        self.refresh_directory(now)?;
+        if let Some(node) = &mut self.node
+            && node.poll_timeout().is_some_and(|t| t <= now)
+        {
+            node.handle_timeout(now);
+        }
+        if let Some(client) = &mut self.client
+            && client.poll_timeout().is_some_and(|t| t <= now)
+        {
+            client.handle_timeout(now);
+        }
+        if now >= self.next_publish {
+            self.next_publish = now + self.opts.descriptor_refresh;
+            self.publish_descriptor(now).await;
+        }
+        self.flush(now)
+    }
+
+    fn refresh_directory(&mut self, now: Time) -> Result<()> {
+        let epoch = self.params.epoch_at(now);
+        if self.directory_epoch == Some(epoch) {
+            return Ok(());
+        }
+        self.directory_epoch = Some(epoch);
+        self.descriptors.prune(now);
+        for (descriptor, _) in self.descriptors.signed() {
+            if descriptor.node != self.id
+                && self.known_addresses.get(&descriptor.node) != Some(&descriptor.addresses)
+            {
+                self.known_addresses
+                    .insert(descriptor.node, descriptor.addresses.clone());
+                if let Ok(peer) = peer_id_from_node_key(&descriptor.node.0) {
+                    let addrs: Vec<Multiaddr> = descriptor
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<Multiaddr>().ok())
+                        .collect();
+                    let net = self.net.clone();
+                    // The packet protocol never dials: keep a connection to
+                    // every node of the directory.
+                    tokio::spawn(async move {
+                        for addr in addrs {
+                            let _ = net.add_peer_address(peer, addr).await;
+                        }
+                        let _ = net.dial_peer(peer).await;
+                    });
+                }
+            }
+        }
+        let next = Epoch(epoch.0 + 1);
+        let current = Arc::new(self.descriptors.epoch_directory(epoch, &self.params, now));
+        let upcoming = Arc::new(self.descriptors.epoch_directory(next, &self.params, now));
+        self.ensure_client(&current)?;
+        for d in [&current, &upcoming] {
+            if let Some(node) = &mut self.node {
+                node.set_directory(d.clone());
+            }
+            if let Some(client) = &mut self.client {
+                client.set_directory(d.clone());
+            }
+        }
+        self.current_directory = Some(current);
+        Ok(())
+    }
+
+    async fn publish_descriptor(&mut self, now: Time) {
+        let Some(node) = &self.node else { return };
+        if self.listen_addrs.is_empty() {
+            return;
+        }
+        let addresses: Vec<String> = self
+            .listen_addrs
+            .iter()
+            .take(8)
+            .map(|a| a.to_string())
+            .collect();
+        match node.signed_descriptor(now, addresses, VERSION) {
+            Ok(bytes) => {
+                self.learn_descriptor(now, &bytes);
+                if let Err(e) = self.net.publish(bytes.clone()).await {
+                    debug!(error = %e, "descriptor not gossiped (no peers yet)");
+                    self.next_publish = now + Duration::from_secs(2);
+                }
+                let net = self.net.clone();
+                let key = self.id.0.to_vec();
+                tokio::spawn(async move { net.put_record(key, bytes).await });
+            }
+            Err(e) => warn!(error = %e, "cannot sign descriptor"),
+        }
+    }
+
+    /// Stores replay tags, rotated keys and received messages, then sends.
+    fn flush(&mut self, now: Time) -> Result<()> {
+        let mut local_packets = Vec::new();
+        let mut local_fetches = Vec::new();
+        if let Some(node) = &mut self.node {
+            let tags = node.drain_replay_tags();
+            let mut by_epoch: HashMap<u32, Vec<[u8; 16]>> = HashMap::new();
+            for (epoch, tag) in tags {
+                by_epoch.entry(epoch.0).or_default().push(tag.0);
+            }
+            for (epoch, tags) in by_epoch {
+                for chunk in tags.chunks(chainmail_store::MAX_REPLAY_TAGS_PER_CALL) {
+                    self.store
+                        .insert_replay_tags(epoch, chunk)
+                        .context("storing replay tags")?;
+                }
+            }
+            while let Some(event) = node.poll_event() {
+                match event {
+                    NodeEvent::KeysRotated(rotation) => {
+                        for (epoch, secret) in &rotation.generated {
+                            self.store.put_mix_key(epoch.0, secret)?;
+                        }
+                        if let Some(max_retired) = rotation.retired.iter().map(|e| e.0).max() {
+                            self.store.delete_mix_keys_before(max_retired + 1)?;
+                        }
+                        self.next_publish = now;
+                    }
+                    NodeEvent::LoopReturned(_) => {}
+                }
+            }
+            while let Some(t) = node.poll_transmit() {
+                if t.to == self.id {
+                    local_packets.push(t.packet);
+                } else {
+                    send_frame(&self.net, &t.to, t.packet.as_bytes());
+                }
+            }
+            while let Some((request, bytes)) = node.poll_fetch_response() {
+                match self.replies.remove(&request) {
+                    Some(reply) => {
+                        let _ = reply.send(bytes);
+                    }
+                    None => local_fetches.push((request, bytes)),
+                }
+            }
+        }
+        if let Some(client) = &mut self.client {
+            while let Some(event) = client.poll_event() {
+                if let Some(logged) = log_entry(now, &event, self.event_seq + 1) {
+                    self.event_seq += 1;
+                    let json = serde_json::to_vec(&logged)?;
+                    self.store
+                        .kv_put("events", &self.event_seq.to_be_bytes(), &json)?;
+                }
+            }
+            while let Some((first_hop, packet)) = client.poll_transmit() {
+                if first_hop == self.id {
+                    local_packets.push(packet);
+                } else {
+                    send_frame(&self.net, &first_hop, packet.as_bytes());
+                }
+            }
+            while let Some((provider, bytes)) = client.poll_fetch() {
+                if provider == self.id {
+                    if let Some(node) = &mut self.node {
+                        let request = self.next_request | (1 << 63);
+                        self.next_request += 1;
+                        node.handle_fetch(now, request, &bytes);
+                    }
+                } else {
+                    let net = self.net.clone();
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        let result = match peer_id_from_node_key(&provider.0) {
+                            Ok(peer) => {
+                                let mut request = vec![REQ_FETCH];
+                                request.extend_from_slice(&bytes);
+                                net.request(peer, request).await.map_err(|e| e.to_string())
+                            }
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx.send(Internal::Fetched { provider, result }).await;
+                    });
+                }
+            }
+        }
+        // The node's answers to the hosted client's fetches, and packets the
+        // client entered through this node itself.
+        for (_, bytes) in local_fetches {
+            if let Some(client) = &mut self.client {
+                client.handle_fetch_response(now, self.id, &bytes);
+            }
+        }
+        if !local_packets.is_empty() {
+            if let Some(node) = &mut self.node {
+                for packet in local_packets {
+                    node.handle_packet(now, packet.as_bytes());
+                }
+            }
+            // What they produced goes out in the same turn.
+            return self.flush(now);
+        }
+        Ok(())
+    }
+}
+
+fn send_frame(net: &NetHandle, to: &NodeId, bytes: &[u8; chainmail_packet::PACKET_SIZE]) {
+    let Ok(peer) = peer_id_from_node_key(&to.0) else {
+        return;
+    };
+    if let Err(e) = net.try_send_packet(peer, Box::new(*bytes)) {
+        debug!(error = %e, "packet not sent");
+    }
+}
+
+fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
+    let (kind, id, text, after_ms) = match event {
+        ClientEvent::Received { id, body } => (
+            "received",
+            id,
+            Some(String::from_utf8_lossy(body).into_owned()),
+            None,
+        ),
+        ClientEvent::Delivered { id, after } => {
+            ("delivered", id, None, Some(after.as_millis() as u64))
+        }
+        ClientEvent::Failed { id } => ("failed", id, None, None),
+        ClientEvent::LoopReturned { .. } => return None,
+    };
+    Some(LoggedEvent {
+        seq,
+        at: now.0,
+        kind: kind.into(),
+        id: hex(id),
+        text,
+        after_ms,
+    })
+}
+
+/// Lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
