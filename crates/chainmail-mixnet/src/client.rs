@@ -295,13 +295,41 @@ impl Client {
         }
     }
 
-    /// Marks one of the client's providers as unreachable (or reachable
-    /// again): packets then enter through the others.
-    pub fn set_provider_down(&mut self, provider: NodeId, down: bool) {
+    /// Marks a node as unreachable (or reachable again). Packets then enter
+    /// through the client's other providers, routes avoid the node where its
+    /// layer has another mix, and messages go to the recipient's other
+    /// providers first.
+    pub fn set_node_down(&mut self, node: NodeId, down: bool) {
         if down {
-            self.down.insert(provider);
+            self.down.insert(node);
         } else {
-            self.down.remove(&provider);
+            self.down.remove(&node);
+        }
+    }
+
+    /// For each own mailbox, the provider and the highest sequence number
+    /// handled: store them with the received messages, and give them back
+    /// with [`Client::restore_cursor`] after a restart, so nothing is
+    /// fetched twice.
+    pub fn cursors(&self) -> Vec<(NodeId, u64)> {
+        self.mailboxes
+            .iter()
+            .map(|m| (m.provider, m.handled))
+            .collect()
+    }
+
+    /// Restores a mailbox cursor (see [`Client::cursors`]).
+    pub fn restore_cursor(&mut self, provider: NodeId, handled: u64) {
+        if let Some(m) = self.mailboxes.iter_mut().find(|m| m.provider == provider) {
+            m.handled = m.handled.max(handled);
+        }
+    }
+
+    /// Restores ids of messages already received, so that a copy sent again
+    /// after a restart is recognised as a duplicate.
+    pub fn restore_seen(&mut self, ids: impl IntoIterator<Item = MessageId>) {
+        for id in ids {
+            self.seen.insert(id);
         }
     }
 
@@ -421,9 +449,18 @@ impl Client {
             .ok_or_else(|| MixnetError::NoRoute("no directory for this epoch".into()))?;
         let epoch = directory.epoch;
         let mean = self.config.params.rates.mean_delay_ms;
-        // Alternate between the recipient's mailboxes, attempt by attempt.
+        // Alternate between the recipient's mailboxes, attempt by attempt,
+        // skipping providers known to be down while others are up.
         let boxes = &pending.to.mailboxes;
-        let (their_provider_id, their_mailbox) = boxes[pending.attempts as usize % boxes.len()];
+        let live: Vec<&(NodeId, MailboxId)> = boxes
+            .iter()
+            .filter(|(p, _)| !self.down.contains(p))
+            .collect();
+        let (their_provider_id, their_mailbox) = if live.is_empty() {
+            boxes[pending.attempts as usize % boxes.len()]
+        } else {
+            *live[pending.attempts as usize % live.len()]
+        };
         let their_provider = directory.provider(&their_provider_id).ok_or_else(|| {
             MixnetError::NoRoute("recipient's provider is not in the directory".into())
         })?;
@@ -439,7 +476,13 @@ impl Client {
             .find(|m| m.provider == reply_provider.id)
             .map(|m| m.id)
             .ok_or_else(|| MixnetError::NoRoute("own mailbox missing".into()))?;
-        let surb_route = directory.route(&mut self.rng, their_provider, reply_provider, mean)?;
+        let surb_route = directory.route_avoiding(
+            &mut self.rng,
+            their_provider,
+            reply_provider,
+            mean,
+            &self.down,
+        )?;
         let (surb, secrets) = build_surb(&mut self.rng, epoch, &surb_route, reply_mailbox)?;
         let inner = Inner::Data {
             id,
@@ -451,7 +494,8 @@ impl Client {
         let entry = self
             .own_provider(&directory)
             .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
-        let route = directory.route(&mut self.rng, entry, their_provider, mean)?;
+        let route =
+            directory.route_avoiding(&mut self.rng, entry, their_provider, mean, &self.down)?;
         let packet = build_packet(&mut self.rng, epoch, &route, their_mailbox, &sealed[..])?;
         let surb_id = secrets.id();
         if self.surbs.len() >= MAX_SURBS {
@@ -487,7 +531,8 @@ impl Client {
             return;
         };
         let mean = self.config.params.rates.mean_delay_ms;
-        let Ok(route) = directory.route(&mut self.rng, entry, target, mean) else {
+        let Ok(route) = directory.route_avoiding(&mut self.rng, entry, target, mean, &self.down)
+        else {
             self.stats.no_route += 1;
             return;
         };
@@ -525,7 +570,8 @@ impl Client {
             return;
         };
         let mean = self.config.params.rates.mean_delay_ms;
-        let Ok(route) = directory.route(&mut self.rng, entry, exit, mean) else {
+        let Ok(route) = directory.route_avoiding(&mut self.rng, entry, exit, mean, &self.down)
+        else {
             self.stats.no_route += 1;
             return;
         };

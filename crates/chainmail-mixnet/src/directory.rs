@@ -3,7 +3,7 @@
 //! of the set of valid descriptors, so every node that holds the same
 //! descriptors computes the same one, without a directory authority.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use chainmail_packet::{Epoch, Hop, HopKey, NodeId};
@@ -194,18 +194,34 @@ impl EpochDirectory {
 
     /// One random mix per layer, in layer order.
     pub fn random_mixes<R: Rng + ?Sized>(&self, rng: &mut R) -> Result<Vec<&DirNode>, MixnetError> {
+        self.random_mixes_avoiding(rng, &HashSet::new())
+    }
+
+    /// One random mix per layer, avoiding the nodes in `avoid` (known to be
+    /// unreachable) unless a layer has no other.
+    pub fn random_mixes_avoiding<R: Rng + ?Sized>(
+        &self,
+        rng: &mut R,
+        avoid: &HashSet<NodeId>,
+    ) -> Result<Vec<&DirNode>, MixnetError> {
         self.layers
             .iter()
             .enumerate()
             .map(|(i, layer)| {
-                if layer.is_empty() {
+                let live: Vec<&DirNode> = layer.iter().filter(|n| !avoid.contains(&n.id)).collect();
+                let choice = if live.is_empty() {
+                    layer.iter().collect()
+                } else {
+                    live
+                };
+                if choice.is_empty() {
                     Err(MixnetError::NoRoute(format!(
                         "layer {} of {} has no mix",
                         i + 1,
                         self.epoch
                     )))
                 } else {
-                    Ok(&layer[rng.random_range(0..layer.len())])
+                    Ok(choice[rng.random_range(0..choice.len())])
                 }
             })
             .collect()
@@ -221,8 +237,21 @@ impl EpochDirectory {
         last: &'a DirNode,
         mean_delay_ms: f64,
     ) -> Result<Vec<Hop<'a>>, MixnetError> {
+        self.route_avoiding(rng, first, last, mean_delay_ms, &HashSet::new())
+    }
+
+    /// As [`EpochDirectory::route`], with mixes in `avoid` left out where
+    /// their layer has another.
+    pub fn route_avoiding<'a, R: Rng + ?Sized>(
+        &'a self,
+        rng: &mut R,
+        first: &'a DirNode,
+        last: &'a DirNode,
+        mean_delay_ms: f64,
+        avoid: &HashSet<NodeId>,
+    ) -> Result<Vec<Hop<'a>>, MixnetError> {
         let mut nodes = vec![first];
-        nodes.extend(self.random_mixes(rng)?);
+        nodes.extend(self.random_mixes_avoiding(rng, avoid)?);
         nodes.push(last);
         let n = nodes.len();
         Ok(nodes
@@ -319,6 +348,31 @@ mod tests {
         assert!(!a.epoch_directory(Epoch(4), &params, now).is_complete());
         // Re-inserting the same descriptor is stale.
         assert_eq!(a.insert(&all[0], now).unwrap(), Inserted::Stale);
+    }
+
+    #[test]
+    fn routes_avoid_down_nodes_while_their_layer_has_another() {
+        let now = Time(10_000_000);
+        let epoch = Epoch(3);
+        let both = Roles {
+            mix: true,
+            provider: true,
+        };
+        let mut set = DescriptorSet::new(network_hash("dir"));
+        for i in 1..=6 {
+            set.insert(&descriptor(i, epoch, now, both), now).unwrap();
+        }
+        let d = set.epoch_directory(epoch, &Params::default(), now);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        // Avoid one mix of every layer: the other is always chosen.
+        let avoid: HashSet<NodeId> = d.layers.iter().map(|l| l[0].id).collect();
+        for _ in 0..100 {
+            let mixes = d.random_mixes_avoiding(&mut rng, &avoid).unwrap();
+            assert!(mixes.iter().all(|m| !avoid.contains(&m.id)));
+        }
+        // A layer whose every mix is down still gives a route.
+        let all: HashSet<NodeId> = d.layers.iter().flatten().map(|n| n.id).collect();
+        assert_eq!(d.random_mixes_avoiding(&mut rng, &all).unwrap().len(), 3);
     }
 
     #[test]

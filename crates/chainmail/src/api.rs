@@ -170,6 +170,15 @@ async fn events_handler(
     }
 }
 
+/// The whole event log.
+pub(crate) fn read_events_all(store: &chainmail_store::Store) -> Result<Vec<LoggedEvent>> {
+    store
+        .kv_list("events")?
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice(&v).context("event log entry is damaged"))
+        .collect()
+}
+
 /// Events after `after`, at most 1000.
 pub(crate) fn read_events(source: &EventSource, after: u64) -> Result<Vec<LoggedEvent>> {
     let mut out = Vec::new();

@@ -78,6 +78,8 @@ pub(crate) struct ApiInfo {
     pub(crate) token: String,
     /// The node's peer id.
     pub(crate) peer_id: String,
+    /// The node's process id.
+    pub(crate) pid: u32,
 }
 
 /// Requests from the local API to the runtime.
@@ -239,6 +241,7 @@ struct Runtime {
     internal_tx: mpsc::Sender<Internal>,
     next_publish: Time,
     event_seq: u64,
+    stored_cursors: Vec<(NodeId, u64)>,
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -328,6 +331,7 @@ pub(crate) async fn run_node(
         port: api.port,
         token: api.token.clone(),
         peer_id: net.local_peer_id().to_string(),
+        pid: std::process::id(),
     };
     write_private(
         &opts.data_dir.join("api.json"),
@@ -355,6 +359,7 @@ pub(crate) async fn run_node(
         internal_tx,
         next_publish: Time(0),
         event_seq,
+        stored_cursors: Vec::new(),
     };
     rt.load_client()?;
 
@@ -452,6 +457,21 @@ impl Runtime {
         if let Some(d) = &self.current_directory {
             client.set_directory(d.clone());
         }
+        // Pick up where a previous run stopped: what was fetched, what was seen.
+        if let Ok(Some(bytes)) = self.store.kv_get("client", b"cursors")
+            && let Ok(cursors) = postcard::from_bytes::<Vec<(NodeId, u64)>>(&bytes)
+        {
+            for (provider, handled) in cursors {
+                client.restore_cursor(provider, handled);
+            }
+        }
+        if let Ok(log) = crate::api::read_events_all(&self.store) {
+            client.restore_seen(
+                log.iter()
+                    .filter(|e| e.kind == "received")
+                    .filter_map(|e| unhex16(&e.id)),
+            );
+        }
         info!(address = %client.address().to_text(), "client ready");
         self.client = Some(client);
     }
@@ -500,14 +520,25 @@ impl Runtime {
             NetEvent::PeerConnected { peer } => {
                 self.peers += 1;
                 self.sync_descriptors(peer);
-            }
-            NetEvent::PeerDisconnected { peer } => {
-                self.peers = self.peers.saturating_sub(1);
                 if let (Some(client), Ok(key)) = (
                     &mut self.client,
                     chainmail_net::node_key_from_peer_id(&peer),
                 ) {
-                    client.set_provider_down(NodeId(key), true);
+                    client.set_node_down(NodeId(key), false);
+                }
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                self.peers = self.peers.saturating_sub(1);
+                if let Ok(key) = chainmail_net::node_key_from_peer_id(&peer) {
+                    if let Some(client) = &mut self.client {
+                        client.set_node_down(NodeId(key), true);
+                    }
+                    // Try to get the connection back; routes avoid the node meanwhile.
+                    let net = self.net.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        let _ = net.dial_peer(peer).await;
+                    });
                 }
             }
             NetEvent::ListeningOn { addr } => {
@@ -571,10 +602,7 @@ impl Runtime {
             Internal::Fetched { provider, result } => {
                 if let Some(client) = &mut self.client {
                     match result {
-                        Ok(bytes) => {
-                            client.set_provider_down(provider, false);
-                            client.handle_fetch_response(now, provider, &bytes);
-                        }
+                        Ok(bytes) => client.handle_fetch_response(now, provider, &bytes),
                         Err(e) => {
                             debug!(error = %e, "fetch failed");
                             client.handle_fetch_failed(now, provider);
@@ -796,6 +824,14 @@ impl Runtime {
                         .kv_put("events", &self.event_seq.to_be_bytes(), &json)?;
                 }
             }
+            // With the messages stored, the cursors move: the next fetch
+            // deletes those items at the provider.
+            let cursors = client.cursors();
+            if cursors != self.stored_cursors {
+                self.store
+                    .kv_put("client", b"cursors", &postcard::to_stdvec(&cursors)?)?;
+                self.stored_cursors = cursors;
+            }
             while let Some((first_hop, packet)) = client.poll_transmit() {
                 if first_hop == self.id {
                     local_packets.push(packet);
@@ -878,6 +914,17 @@ fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
         text,
         after_ms,
     })
+}
+
+fn unhex16(text: &str) -> Option<[u8; 16]> {
+    let bytes: Vec<u8> = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()?;
+    bytes.try_into().ok()
 }
 
 /// Lowercase hex.

@@ -293,7 +293,7 @@ pub(crate) async fn run(dir: &Path, opts: TestnetOptions) -> Result<()> {
         );
     }
     println!("running; press Ctrl-C to stop");
-    let _ = tokio::signal::ctrl_c().await;
+    crate::shutdown_signal().await;
     net.stop();
     Ok(())
 }
