@@ -138,6 +138,10 @@ struct NodeArgs {
     /// Seconds between republications of the node's descriptor.
     #[arg(long, default_value_t = 60)]
     descriptor_refresh_secs: u64,
+    /// Most packets per second accepted from one peer (more are dropped and
+    /// counted; a peer that keeps flooding is cut off).
+    #[arg(long, default_value_t = 1000)]
+    peer_packet_rate: u32,
 }
 
 fn parse_preset(text: &str) -> Result<Preset, String> {
@@ -263,6 +267,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                     .collect::<Result<_>>()?,
                 api_port: args.api_port,
                 descriptor_refresh: Duration::from_secs(args.descriptor_refresh_secs.max(1)),
+                peer_packet_rate: args.peer_packet_rate.max(1),
             };
             if !opts.providers.is_empty() && opts.providers.len() < 2 {
                 bail!("give at least two --providers, so that one can fail without losing mail");

@@ -66,6 +66,8 @@ pub(crate) struct NodeOptions {
     pub(crate) api_port: u16,
     /// How often the node republishes its descriptor.
     pub(crate) descriptor_refresh: Duration,
+    /// Most packets per second accepted from one peer.
+    pub(crate) peer_packet_rate: u32,
 }
 
 /// Where the local API listens and its token; written to `api.json` in the
@@ -293,6 +295,11 @@ pub(crate) async fn run_node(
         .collect();
     config.kad_server = opts.roles.mix || opts.roles.provider;
     config.timeouts.request = Duration::from_secs(40);
+    config.limits.packet_rate = chainmail_net::RateLimit {
+        frames_per_second: opts.peer_packet_rate,
+        burst: opts.peer_packet_rate,
+    };
+    config.limits.flood_tolerance = opts.peer_packet_rate.saturating_mul(2);
     let (net, mut events) = Net::spawn(config).context("starting the network")?;
 
     let node = if opts.roles.mix || opts.roles.provider {
