@@ -13,7 +13,7 @@ use crate::Time;
 /// | preset | client packets/s (λP + λL + λD) | client upstream | mean delay per hop | typical wait to send | mix loops/s |
 /// |---|---|---|---|---|---|
 /// | low-bandwidth | 0.5 + 0.1 + 0.1 = 0.7 | 1.4 KB/s | 50 ms | 1.4 s | 0.2 |
-/// | standard | 1.55 + 0.2 + 0.15 = 1.9 | 3.9 KB/s | 30 ms | 0.45 s (median) | 1 |
+/// | standard | 1.65 + 0.15 + 0.1 = 1.9 | 3.9 KB/s | 25 ms | 0.42 s (median) | 1 |
 /// | strong | 3 + 1 + 1 = 5 | 10.2 KB/s | 150 ms | 0.23 s (median) | 4 |
 ///
 /// Upstream counts 2048-byte packets only. A real message waits for the
@@ -44,11 +44,11 @@ impl Preset {
                 mean_delay_ms: 50.0,
             },
             Preset::Standard => TrafficRates {
-                payload_per_s: 1.55,
-                loop_per_s: 0.2,
-                drop_per_s: 0.15,
+                payload_per_s: 1.65,
+                loop_per_s: 0.15,
+                drop_per_s: 0.1,
                 mix_loop_per_s: 1.0,
-                mean_delay_ms: 30.0,
+                mean_delay_ms: 25.0,
             },
             Preset::Strong => TrafficRates {
                 payload_per_s: 3.0,

@@ -20,6 +20,10 @@ pub(crate) struct DemoOptions {
     pub(crate) preset: Preset,
     pub(crate) dir: Option<PathBuf>,
     pub(crate) timeout: Duration,
+    /// Time between two messages (alternating between the users).
+    pub(crate) interval: Duration,
+    /// How long to measure the idle clients' upstream before sending.
+    pub(crate) idle: Duration,
 }
 
 struct User {
@@ -107,6 +111,36 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         });
     }
     println!("  alice uses providers 0 and 1, bob uses providers 2 and 3");
+    // Idle: nobody says anything, yet the clients send cover at a fixed rate.
+    let idle_start = Instant::now();
+    let mut idle_base = Vec::new();
+    for user in &users {
+        idle_base.push(client_packets(&user.data_dir).await);
+    }
+    while idle_start.elapsed() < opts.idle {
+        print!(
+            "\r  measuring idle upstream: {}s/{}s ",
+            idle_start.elapsed().as_secs(),
+            opts.idle.as_secs()
+        );
+        let _ = std::io::stdout().flush();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut idle_packets = 0;
+    for (user, base) in users.iter_mut().zip(&idle_base) {
+        let now_packets = client_packets(&user.data_dir).await;
+        idle_packets += now_packets.saturating_sub(*base);
+        user.packets_at_start = now_packets;
+    }
+    let idle_rate = idle_packets as f64 * chainmail_packet::PACKET_SIZE as f64
+        / users.len() as f64
+        / idle_start.elapsed().as_secs_f64().max(0.001);
+    if !opts.idle.is_zero() {
+        println!(
+            "\r  idle upstream per client: {:.2} KB/s                 ",
+            idle_rate / 1000.0
+        );
+    }
     println!(
         "  sending {} messages each way; every packet is 2048 bytes, real or cover",
         opts.messages
@@ -140,7 +174,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
                 },
             );
             k += 1;
-            next_send = Instant::now() + Duration::from_millis(400);
+            next_send = Instant::now() + opts.interval;
         }
         for (u, user) in users.iter_mut().enumerate() {
             let path = format!("/v1/events?after={}", user.events_seen);
@@ -205,8 +239,9 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         percentile(&acks, 99.0)
     );
     println!(
-        "  upstream per client     {:.2} KB/s (real and cover packets together)",
-        cover / 1000.0
+        "  upstream per client     {:.2} KB/s while talking, {:.2} KB/s idle (2048-byte packets, real and cover alike)",
+        cover / 1000.0,
+        idle_rate / 1000.0
     );
     let lost = total - received;
     net.stop();
@@ -219,6 +254,12 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     }
     println!("  nothing lost");
     Ok(true)
+}
+
+async fn client_packets(data_dir: &Path) -> u64 {
+    crate::api_client::get::<Status>(data_dir, "/v1/status")
+        .await
+        .map_or(0, |s| s.client_packets_sent)
 }
 
 async fn wait_for_address(data_dir: &Path, timeout: Duration) -> Result<Status> {

@@ -55,6 +55,12 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 180)]
         timeout_secs: u64,
+        /// Milliseconds between two messages (the users take turns).
+        #[arg(long, default_value_t = 1500)]
+        interval_ms: u64,
+        /// Seconds to measure the idle clients' upstream before talking.
+        #[arg(long, default_value_t = 15)]
+        idle_secs: u64,
     },
     /// Start N nodes on 127.0.0.1, write DIR/network.toml, say when the
     /// directory is complete, and run until interrupted.
@@ -221,6 +227,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             preset,
             dir,
             timeout_secs,
+            interval_ms,
+            idle_secs,
         } => {
             let ok = demo::run(demo::DemoOptions {
                 nodes,
@@ -228,6 +236,8 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 preset,
                 dir,
                 timeout: Duration::from_secs(timeout_secs),
+                interval: Duration::from_millis(interval_ms),
+                idle: Duration::from_secs(idle_secs),
             })
             .await?;
             if !ok {
