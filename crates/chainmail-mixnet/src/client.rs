@@ -398,9 +398,17 @@ impl Client {
         if now < at {
             return false;
         }
-        // Skipped ticks (the driver came back late) are not made up: the
-        // stream stays a Poisson process from here.
-        *next = Some(now.max(at) + poisson_gap(rng, rate));
+        // The next tick follows the planned one, not the moment this one was
+        // handled: a driver that is busy (and so late) does not slow the
+        // stream down, which would tell an observer that it is busy. Only
+        // after a long stall (a suspended machine) are missed ticks dropped
+        // rather than sent in a burst.
+        let base = if now.saturating_since(at) > Duration::from_secs(5) {
+            now
+        } else {
+            at
+        };
+        *next = Some(base + poisson_gap(rng, rate));
         true
     }
 
@@ -421,7 +429,16 @@ impl Client {
         (!live.is_empty()).then(|| live[self.rng.random_range(0..live.len())])
     }
 
+    /// One tick of the payload stream sends exactly one packet: the next
+    /// queued one, or drop cover. (Queued messages acknowledged meanwhile
+    /// are skipped, never the tick.)
     fn payload_tick(&mut self, now: Time) {
+        while let Some(Outgoing::Message(id)) = self.queue.front() {
+            if self.pending.contains_key(id) {
+                break;
+            }
+            self.queue.pop_front();
+        }
         match self.queue.pop_front() {
             None => self.send_drop(now),
             Some(Outgoing::Ack { first_hop, packet }) => {

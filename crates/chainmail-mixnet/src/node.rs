@@ -520,7 +520,13 @@ impl<S: MailboxStore> Node<S> {
         if now < next {
             return;
         }
-        self.next_loop = Some(now + poisson_gap(&mut self.rng, rate));
+        // From the planned tick, not from `now`: a busy node keeps its rate.
+        let base = if now.saturating_since(next) > Duration::from_secs(5) {
+            now
+        } else {
+            next
+        };
+        self.next_loop = Some(base + poisson_gap(&mut self.rng, rate));
         let epoch = self.config.params.epoch_at(now);
         let Some(directory) = self.directories.get(&epoch).cloned() else {
             return;

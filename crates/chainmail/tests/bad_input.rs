@@ -1,0 +1,270 @@
+//! A `chainmail node` process on 127.0.0.1 facing bad input from a peer:
+//! garbage frames, a packet for an epoch it has no key for, a replayed
+//! packet, a flood. Each is counted by reason and dropped, a well-behaved
+//! peer is still served, and after a SIGKILL and restart the node still
+//! refuses the replay (its replay state is durable).
+
+#![allow(clippy::disallowed_methods)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chainmail_mixnet::{NodeDescriptor, Params, Time, network_hash};
+use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent, NetEvents, NetHandle, PeerId};
+use chainmail_packet::{Epoch, Hop, HopKey, MailboxId, MixSecretKey, NodeId, Packet, build_packet};
+use rand::RngExt;
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_chainmail");
+
+struct Node {
+    child: Child,
+    api_port: u64,
+    peer: PeerId,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn now() -> Time {
+    Time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    )
+}
+
+fn start(network: &std::path::Path, data: &std::path::Path, port: u16) -> Node {
+    let _ = std::fs::remove_file(data.join("api.json"));
+    let child = Command::new(EXE)
+        .args(["node", "--network"])
+        .arg(network)
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--roles",
+            "mix",
+            "--tcp-port",
+            &port.to_string(),
+            "--peer-packet-rate",
+            "200",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info: Value = loop {
+        if let Ok(bytes) = std::fs::read(data.join("api.json")) {
+            break serde_json::from_slice(&bytes).unwrap();
+        }
+        assert!(Instant::now() < deadline, "node did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Node {
+        child,
+        api_port: info["port"].as_u64().unwrap(),
+        peer: info["peer_id"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+fn metric(node: &Node, line_prefix: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{}/metrics", node.api_port)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(line_prefix)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_metric(node: &Node, line_prefix: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(node, line_prefix) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{line_prefix} stayed below {at_least}: {}",
+            metric(node, line_prefix)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn peer(network_id: &str, port: u16, node: PeerId) -> (NetHandle, NetEvents, NodeId) {
+    let secret: [u8; 32] = rand::rng().random();
+    let (net, events) = Net::spawn(NetConfig::new(network_id.to_string(), secret)).unwrap();
+    let me = NodeId(net.local_node_key());
+    let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{node}")
+        .parse()
+        .unwrap();
+    net.dial(addr).await.unwrap();
+    (net, events, me)
+}
+
+/// The node's current mix key, from its descriptor.
+async fn node_key(net: &NetHandle, node: PeerId, network_id: &str) -> (NodeId, HopKey, Epoch) {
+    let network = network_hash(network_id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(bytes) = net.request(node, vec![0x02]).await
+            && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
+            && let Some(d) = all
+                .iter()
+                .find_map(|b| NodeDescriptor::verify(b, &network, now()).ok())
+        {
+            let epoch = Params::default().epoch_at(now());
+            return (
+                d.node,
+                HopKey::new(d.mix_key(epoch).unwrap()).unwrap(),
+                epoch,
+            );
+        }
+        assert!(Instant::now() < deadline, "no descriptor from the node");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn expect_packets(events: &mut NetEvents, count: usize) {
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got < count {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(NetEvent::PacketReceived { .. })) => got += 1,
+            Ok(Some(_)) => {}
+            _ => panic!("the node forwarded {got} of {count} packets"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_counted_and_dropped_and_replays_stay_refused_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let network_id = format!("chainmail-badinput-{:08x}", rand::rng().random::<u32>());
+    let network = dir.path().join("network.toml");
+    std::fs::write(
+        &network,
+        format!("[network]\nid = \"{network_id}\"\nname = \"bad input\"\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = start(&network, &data, port);
+
+    let (bad, _bad_events, bad_id) = peer(&network_id, port, node.peer).await;
+    let (good, mut good_events, good_id) = peer(&network_id, port, node.peer).await;
+    let (node_id, key, epoch) = node_key(&good, node.peer, &network_id).await;
+    let other_key = MixSecretKey::generate(&mut rand::rng(), epoch);
+    let other = HopKey::new(other_key.public()).unwrap();
+    let packet_to = |to: NodeId, epoch: Epoch| -> Packet {
+        let route = [
+            Hop {
+                node: node_id,
+                key: &key,
+                delay_ms: 0,
+            },
+            Hop {
+                node: to,
+                key: &other,
+                delay_ms: 0,
+            },
+        ];
+        build_packet(&mut rand::rng(), epoch, &route, MailboxId([1; 32]), b"x").unwrap()
+    };
+
+    // Garbage: random frames, and a frame that is not a packet at all.
+    for _ in 0..5 {
+        let mut frame = Box::new([0u8; chainmail_net::PACKET_SIZE]);
+        rand::rng().fill(&mut frame[..]);
+        // A packet's version and the current epoch, so it reaches the X25519
+        // and the MAC, which must refuse it.
+        frame[0] = 1;
+        frame[1..5].copy_from_slice(&epoch.0.to_be_bytes());
+        bad.send_packet(node.peer, frame).await.unwrap();
+    }
+    bad.send_packet(node.peer, Box::new([0xff; chainmail_net::PACKET_SIZE]))
+        .await
+        .unwrap();
+    // A valid packet for an epoch the node has no key for: relabelled, so
+    // the node cannot know its key.
+    let mut foreign = *packet_to(bad_id, epoch).as_bytes();
+    foreign[1..5].copy_from_slice(&(epoch.0 + 100).to_be_bytes());
+    bad.send_packet(node.peer, Box::new(foreign)).await.unwrap();
+    // A valid packet, twice.
+    let replayed = packet_to(bad_id, epoch);
+    bad.send_packet(node.peer, Box::new(*replayed.as_bytes()))
+        .await
+        .unwrap();
+    bad.send_packet(node.peer, Box::new(*replayed.as_bytes()))
+        .await
+        .unwrap();
+    wait_metric(
+        &node,
+        "chainmail_packets_dropped_total{reason=\"replay\"} ",
+        1,
+    )
+    .await;
+    wait_metric(
+        &node,
+        "chainmail_packets_dropped_total{reason=\"unknownkey\"} ",
+        1,
+    )
+    .await;
+    let malformed = metric(
+        &node,
+        "chainmail_packets_dropped_total{reason=\"malformed\"} ",
+    );
+    let auth = metric(&node, "chainmail_packets_dropped_total{reason=\"auth\"} ");
+    assert!(
+        malformed + auth >= 6,
+        "garbage counted: malformed {malformed}, auth {auth}"
+    );
+
+    // A flood far above the node's per-peer limit (200/s): counted and cut off.
+    for _ in 0..3000 {
+        let _ = bad.try_send_packet(node.peer, Box::new([1u8; chainmail_net::PACKET_SIZE]));
+    }
+    wait_metric(
+        &node,
+        "chainmail_net_frames_dropped_total{reason=\"rate_limited\"} ",
+        100,
+    )
+    .await;
+
+    // Meanwhile the well-behaved peer is served.
+    for _ in 0..20 {
+        good.send_packet(node.peer, Box::new(*packet_to(good_id, epoch).as_bytes()))
+            .await
+            .unwrap();
+    }
+    expect_packets(&mut good_events, 20).await;
+
+    // SIGKILL and restart: the replay is still refused.
+    drop(node);
+    let node = start(&network, &data, port);
+    let (again, _e, _) = peer(&network_id, port, node.peer).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    again
+        .send_packet(node.peer, Box::new(*replayed.as_bytes()))
+        .await
+        .unwrap();
+    wait_metric(
+        &node,
+        "chainmail_packets_dropped_total{reason=\"replay\"} ",
+        1,
+    )
+    .await;
+}
