@@ -17,10 +17,13 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chainmail_mixnet::{NodeDescriptor, Time, network_hash};
 use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent};
 use chainmail_packet::{Hop, HopKey, MailboxId, MixSecretKey, NodeId, Packet, build_packet};
 use rand::RngExt;
+use support::now;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -30,15 +33,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     ticks / 100.0
-}
-
-fn now() -> Time {
-    Time(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    )
 }
 
 fn main() {
@@ -116,18 +110,7 @@ async fn run(packets: usize) {
     net.dial(addr).await.unwrap();
 
     // The node's mix key, from its descriptor.
-    let network = network_hash(&network_id);
-    let descriptor = loop {
-        if let Ok(bytes) = net.request(node_peer, vec![0x02]).await
-            && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
-            && let Some(d) = all
-                .iter()
-                .find_map(|b| NodeDescriptor::verify(b, &network, now()).ok())
-        {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let descriptor = support::node_descriptor(&net, node_peer, &network_id).await;
     let params = chainmail_mixnet::Params::default();
     let epoch = params.epoch_at(now());
     let node_key =

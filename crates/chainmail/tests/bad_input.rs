@@ -9,11 +9,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chainmail_mixnet::{NodeDescriptor, Params, Time, network_hash};
+use chainmail_mixnet::Params;
 use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent, NetEvents, NetHandle, PeerId};
 use chainmail_packet::{Epoch, Hop, HopKey, MailboxId, MixSecretKey, NodeId, Packet, build_packet};
 use rand::RngExt;
 use serde_json::Value;
+
+mod support;
 
 const EXE: &str = env!("CARGO_BIN_EXE_chainmail");
 
@@ -28,15 +30,6 @@ impl Drop for Node {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn now() -> Time {
-    Time(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64,
-    )
 }
 
 fn start(network: &std::path::Path, data: &std::path::Path, port: u16) -> Node {
@@ -113,25 +106,13 @@ async fn peer(network_id: &str, port: u16, node: PeerId) -> (NetHandle, NetEvent
 
 /// The node's current mix key, from its descriptor.
 async fn node_key(net: &NetHandle, node: PeerId, network_id: &str) -> (NodeId, HopKey, Epoch) {
-    let network = network_hash(network_id);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(bytes) = net.request(node, vec![0x02]).await
-            && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
-            && let Some(d) = all
-                .iter()
-                .find_map(|b| NodeDescriptor::verify(b, &network, now()).ok())
-        {
-            let epoch = Params::default().epoch_at(now());
-            return (
-                d.node,
-                HopKey::new(d.mix_key(epoch).unwrap()).unwrap(),
-                epoch,
-            );
-        }
-        assert!(Instant::now() < deadline, "no descriptor from the node");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let d = support::node_descriptor(net, node, network_id).await;
+    let epoch = Params::default().epoch_at(support::now());
+    (
+        d.node,
+        HopKey::new(d.mix_key(epoch).unwrap()).unwrap(),
+        epoch,
+    )
 }
 
 async fn expect_packets(events: &mut NetEvents, count: usize) {
