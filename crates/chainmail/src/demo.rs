@@ -192,7 +192,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         }
         let received = sent.values().filter(|s| s.received_at_ms.is_some()).count();
         let acked = sent.values().filter(|s| s.acked_after_ms.is_some()).count();
-        let cover = cover_rate(&net, &users, started).await;
+        let cover = cover_rate(&users, started).await;
         print!(
             "\r  sent {}/{total}  received {received}/{total}  acknowledged {acked}/{total}  client upstream {:.2} KB/s   ",
             sent.len(),
@@ -223,7 +223,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     let mut acks: Vec<u64> = sent.values().filter_map(|s| s.acked_after_ms).collect();
     acks.sort_unstable();
     let received = latencies.len();
-    let cover = cover_rate(&net, &users, started).await;
+    let cover = cover_rate(&users, started).await;
     println!("Summary");
     println!("  messages sent           {total}");
     println!("  delivered to recipient  {received}");
@@ -279,8 +279,7 @@ async fn wait_for_address(data_dir: &Path, timeout: Duration) -> Result<Status> 
 }
 
 /// Bytes per second the two clients put on their links (mean of the two).
-async fn cover_rate(net: &Testnet, users: &[User], started: Instant) -> f64 {
-    let _ = net;
+async fn cover_rate(users: &[User], started: Instant) -> f64 {
     let mut total = 0.0;
     for user in users {
         if let Ok(s) = crate::api_client::get::<Status>(&user.data_dir, "/v1/status").await {
