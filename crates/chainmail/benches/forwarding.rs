@@ -14,7 +14,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent};
@@ -65,32 +65,9 @@ async fn run(packets: usize) {
         .unwrap()
         .port();
     let node_dir = dir.path().join("node");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chainmail"))
-        .args(["node", "--network"])
-        .arg(dir.path().join("network.toml"))
-        .arg("--data-dir")
-        .arg(&node_dir)
-        .args([
-            "--roles",
-            "mix",
-            "--tcp-port",
-            &port.to_string(),
-            "--peer-packet-rate",
-            "1000000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let info: serde_json::Value = loop {
-        if let Ok(bytes) = std::fs::read(node_dir.join("api.json")) {
-            break serde_json::from_slice(&bytes).unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let node_peer: chainmail_net::PeerId = info["peer_id"].as_str().unwrap().parse().unwrap();
+    let node =
+        support::MixNode::start(&dir.path().join("network.toml"), &node_dir, port, 1_000_000);
+    let (pid, node_peer) = (node.pid, node.peer);
 
     // The bench as a peer of the node's network.
     let secret: [u8; 32] = rand::rng().random();
@@ -213,12 +190,11 @@ async fn run(packets: usize) {
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
     let metrics = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{}/metrics", info["port"])])
+        .args(["-s", &format!("http://127.0.0.1:{}/metrics", node.api_port)])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(node);
 
     let per_core = received as f64 / cpu;
     println!("packets sent {sent}, forwarded back {received} of {total}, lost {lost}");

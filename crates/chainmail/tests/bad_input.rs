@@ -6,65 +6,20 @@
 
 #![allow(clippy::disallowed_methods)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chainmail_mixnet::Params;
 use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent, NetEvents, NetHandle, PeerId};
 use chainmail_packet::{Epoch, Hop, HopKey, MailboxId, MixSecretKey, NodeId, Packet, build_packet};
 use rand::RngExt;
-use serde_json::Value;
 
 mod support;
 
-const EXE: &str = env!("CARGO_BIN_EXE_chainmail");
-
-struct Node {
-    child: Child,
-    api_port: u64,
-    peer: PeerId,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::MixNode as Node;
 
 fn start(network: &std::path::Path, data: &std::path::Path, port: u16) -> Node {
-    let _ = std::fs::remove_file(data.join("api.json"));
-    let child = Command::new(EXE)
-        .args(["node", "--network"])
-        .arg(network)
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--roles",
-            "mix",
-            "--tcp-port",
-            &port.to_string(),
-            "--peer-packet-rate",
-            "200",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let info: Value = loop {
-        if let Ok(bytes) = std::fs::read(data.join("api.json")) {
-            break serde_json::from_slice(&bytes).unwrap();
-        }
-        assert!(Instant::now() < deadline, "node did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    Node {
-        child,
-        api_port: info["port"].as_u64().unwrap(),
-        peer: info["peer_id"].as_str().unwrap().parse().unwrap(),
-    }
+    Node::start(network, data, port, 200)
 }
 
 fn metric(node: &Node, line_prefix: &str) -> u64 {

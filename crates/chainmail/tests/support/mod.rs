@@ -35,3 +35,61 @@ pub async fn node_descriptor(net: &NetHandle, node: PeerId, network_id: &str) ->
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A `chainmail node` process with role mix, killed (SIGKILL) on drop.
+pub struct MixNode {
+    child: std::process::Child,
+    /// Port of its local API on 127.0.0.1.
+    pub api_port: u64,
+    /// Its peer id.
+    pub peer: PeerId,
+    /// Its process id.
+    pub pid: u32,
+}
+
+impl MixNode {
+    /// Starts a mix node of the network in `network` with data in `data`,
+    /// listening on TCP `port`, accepting `peer_packet_rate` packets/s per
+    /// peer; returns once its API is up.
+    pub fn start(
+        network: &std::path::Path,
+        data: &std::path::Path,
+        port: u16,
+        peer_packet_rate: u32,
+    ) -> Self {
+        let _ = std::fs::remove_file(data.join("api.json"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_chainmail"))
+            .args(["node", "--network"])
+            .arg(network)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--roles", "mix", "--tcp-port", &port.to_string()])
+            .args(["--peer-packet-rate", &peer_packet_rate.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info: serde_json::Value = loop {
+            if let Ok(bytes) = std::fs::read(data.join("api.json")) {
+                break serde_json::from_slice(&bytes).unwrap();
+            }
+            assert!(Instant::now() < deadline, "node did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        MixNode {
+            pid: child.id(),
+            child,
+            api_port: info["port"].as_u64().unwrap(),
+            peer: info["peer_id"].as_str().unwrap().parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for MixNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
