@@ -8,6 +8,18 @@
 //! - λL, loop cover: through the mixes back into the client's own mailbox;
 //! - λD, drop cover: to a random provider, which discards it.
 //!
+//! A tick of the drop stream also carries the next queued packet when there
+//! is one: drop cover exists only to be indistinguishable from real
+//! traffic, so this changes nothing an observer sees (the sum is still a
+//! Poisson stream of λP + λL + λD) and shortens the wait for a tick. Loops
+//! are never replaced: they are how a client notices packets going missing.
+//!
+//! Messages go before acknowledgements, so what the user waits for leaves
+//! first; an acknowledgement that has waited [`ACK_MAX_WAIT`] goes first,
+//! so acknowledgements are never starved into retransmissions. Delaying an
+//! acknowledgement costs nothing in privacy (it loosens the timing link
+//! between a message arriving and its acknowledgement leaving).
+//!
 //! Every message carries a SURB for its acknowledgement. The SURB starts at
 //! the recipient's provider that the message went to and ends in one of the
 //! sender's mailboxes, so the recipient learns nothing about the sender and
@@ -141,6 +153,8 @@ pub struct ClientStats {
     pub drop_sent: u64,
     /// Loop cover sent.
     pub loops_sent: u64,
+    /// Acknowledgements dropped because too many were queued.
+    pub acks_dropped: u64,
     /// Loops that came back.
     pub loops_returned: u64,
     /// Retransmissions.
@@ -163,6 +177,16 @@ impl ClientStats {
 enum Outgoing {
     Message(MessageId),
     Ack { first_hop: NodeId, packet: Packet },
+}
+
+/// How long an acknowledgement may wait behind messages before it goes
+/// first.
+pub const ACK_MAX_WAIT: Duration = Duration::from_secs(2);
+
+struct QueuedAck {
+    first_hop: NodeId,
+    packet: Packet,
+    queued: Time,
 }
 
 struct Pending {
@@ -214,11 +238,13 @@ pub struct Client {
     mailboxes: Vec<OwnMailbox>,
     down: HashSet<NodeId>,
     directories: BTreeMap<Epoch, Arc<EpochDirectory>>,
-    queue: VecDeque<Outgoing>,
+    queue: VecDeque<MessageId>,
+    acks: VecDeque<QueuedAck>,
     pending: HashMap<MessageId, Pending>,
     surbs: HashMap<SurbId, (SurbSecrets, MessageId)>,
     seen: Seen,
     loops: HashMap<[u8; 16], Time>,
+    started: bool,
     next_payload: Option<Time>,
     next_loop: Option<Time>,
     next_drop: Option<Time>,
@@ -254,6 +280,7 @@ impl Client {
             down: HashSet::new(),
             directories: BTreeMap::new(),
             queue: VecDeque::new(),
+            acks: VecDeque::new(),
             pending: HashMap::new(),
             surbs: HashMap::new(),
             seen: Seen {
@@ -262,6 +289,7 @@ impl Client {
                 cap: 100_000,
             },
             loops: HashMap::new(),
+            started: false,
             next_payload: None,
             next_loop: None,
             next_drop: None,
@@ -364,13 +392,14 @@ impl Client {
                 surbs: vec![],
             },
         );
-        self.queue.push_back(Outgoing::Message(id));
+        self.queue.push_back(id);
         Ok(id)
     }
 
     /// Advances time: the three Poisson streams, retransmissions, fetches.
     pub fn handle_timeout(&mut self, now: Time) {
         let rates = self.config.params.rates;
+        self.started = true;
         if Self::due(
             &mut self.rng,
             &mut self.next_payload,
@@ -383,7 +412,7 @@ impl Client {
             self.loop_tick(now);
         }
         if Self::due(&mut self.rng, &mut self.next_drop, now, rates.drop_per_s) {
-            self.send_drop(now);
+            self.payload_tick(now);
         }
         self.retransmit(now);
         self.schedule_fetches(now);
@@ -429,17 +458,36 @@ impl Client {
         (!live.is_empty()).then(|| live[self.rng.random_range(0..live.len())])
     }
 
-    /// One tick of the payload stream sends exactly one packet: the next
-    /// queued one, or drop cover. (Queued messages acknowledged meanwhile
-    /// are skipped, never the tick.)
-    fn payload_tick(&mut self, now: Time) {
-        while let Some(Outgoing::Message(id)) = self.queue.front() {
+    /// The next real packet to send, if any: a message, or an
+    /// acknowledgement when no message waits or the acknowledgement has
+    /// waited [`ACK_MAX_WAIT`]. Queued messages acknowledged meanwhile are
+    /// skipped.
+    fn next_outgoing(&mut self, now: Time) -> Option<Outgoing> {
+        while let Some(id) = self.queue.front() {
             if self.pending.contains_key(id) {
                 break;
             }
             self.queue.pop_front();
         }
-        match self.queue.pop_front() {
+        let ack_overdue = self
+            .acks
+            .front()
+            .is_some_and(|a| now.saturating_since(a.queued) >= ACK_MAX_WAIT);
+        if ack_overdue || self.queue.is_empty() {
+            if let Some(a) = self.acks.pop_front() {
+                return Some(Outgoing::Ack {
+                    first_hop: a.first_hop,
+                    packet: a.packet,
+                });
+            }
+        }
+        self.queue.pop_front().map(Outgoing::Message)
+    }
+
+    /// One tick of the payload or drop stream sends exactly one packet: the
+    /// next queued one, or drop cover.
+    fn payload_tick(&mut self, now: Time) {
+        match self.next_outgoing(now) {
             None => self.send_drop(now),
             Some(Outgoing::Ack { first_hop, packet }) => {
                 self.stats.acks_sent += 1;
@@ -450,7 +498,7 @@ impl Client {
                     // No route now: put it back and send cover instead, so
                     // the stream keeps its rate.
                     self.stats.no_route += 1;
-                    self.queue.push_front(Outgoing::Message(id));
+                    self.queue.push_front(id);
                     self.send_drop(now);
                 }
             }
@@ -629,7 +677,7 @@ impl Client {
                 }
                 self.events.push_back(ClientEvent::Failed { id });
             } else {
-                self.queue.push_back(Outgoing::Message(id));
+                self.queue.push_back(id);
             }
         }
     }
@@ -716,7 +764,17 @@ impl Client {
                 if let Some(surb) = surb {
                     let first_hop = surb.first_hop();
                     if let Ok(packet) = surb.into_reply(&message::encode_ack(&id)) {
-                        self.queue.push_front(Outgoing::Ack { first_hop, packet });
+                        // Bounded: under a flood the oldest acknowledgement
+                        // goes, and its sender sends again.
+                        if self.acks.len() >= self.config.max_queue {
+                            self.acks.pop_front();
+                            self.stats.acks_dropped += 1;
+                        }
+                        self.acks.push_back(QueuedAck {
+                            first_hop,
+                            packet,
+                            queued: now,
+                        });
                     }
                 }
             }
@@ -777,7 +835,7 @@ impl Client {
         .into_iter()
         .flatten()
         .min();
-        if fetch_now || self.next_payload.is_none() {
+        if fetch_now || !self.started {
             // Not started yet, or a fetch to send: come back at once.
             return Some(Time(0));
         }

@@ -47,6 +47,8 @@ struct SimConfig {
     send_window: Duration,
     /// Epoch length (None: the preset's hour, so the run stays in one epoch).
     epoch: Option<Duration>,
+    /// Overrides the preset's payload rate λP.
+    payload_per_s: Option<f64>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -101,6 +103,9 @@ impl Sim {
         if let Some(epoch) = cfg.epoch {
             params.epoch_length = epoch;
             params.key_grace = epoch / 6;
+        }
+        if let Some(rate) = cfg.payload_per_s {
+            params.rates.payload_per_s = rate;
         }
         let network = network_hash("sim");
         let mut nodes = Vec::new();
@@ -450,6 +455,7 @@ fn standard_run(seed: u64) -> Outcome {
         duration: Duration::from_secs(240),
         send_window: Duration::from_secs(60),
         epoch: None,
+        payload_per_s: None,
     };
     Sim::new(cfg, 30, 6, 10).run()
 }
@@ -522,6 +528,7 @@ fn a_client_sends_at_the_same_rate_idle_and_busy() {
         duration: Duration::from_secs(0),
         send_window: Duration::from_secs(60),
         epoch: None,
+        payload_per_s: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     let packets = |sim: &Sim| sim.clients[0].stats().packets_sent();
@@ -573,6 +580,7 @@ fn traffic_flows_across_key_rotations() {
         duration: Duration::from_secs(240),
         send_window: Duration::from_secs(180),
         epoch: Some(Duration::from_secs(60)),
+        payload_per_s: None,
     };
     let out = Sim::new(cfg, 30, 6, 10).run();
     eprintln!("{out:#?}");
@@ -581,4 +589,38 @@ fn traffic_flows_across_key_rotations() {
     assert_eq!(out.duplicate_receipts, 0);
     assert!(out.dropped_other.is_empty(), "{:?}", out.dropped_other);
     assert!(out.client_loops_returned > 100 && out.mix_loops_returned > 1000);
+}
+
+/// Drop cover exists only to look like real traffic, so a tick of the drop
+/// stream carries a queued packet when there is one. With the payload
+/// stream switched off, messages and acknowledgements still flow, at the
+/// drop stream's rate, and the client sends no more than its cover rates.
+#[test]
+fn queued_packets_ride_the_drop_stream() {
+    let cfg = SimConfig {
+        seed: 3,
+        loss: 0.0,
+        replay_fraction: 0.0,
+        messages_per_client: 3,
+        preset: Preset::Standard,
+        duration: Duration::from_secs(400),
+        send_window: Duration::from_secs(30),
+        epoch: None,
+        payload_per_s: Some(0.0),
+    };
+    let out = Sim::new(cfg, 30, 6, 10).run();
+    eprintln!("{out:#?}");
+    assert_eq!(out.sent, 30);
+    assert_eq!(out.received, out.sent);
+    assert_eq!(out.delivered, out.sent);
+    assert_eq!(out.duplicate_receipts, 0);
+    // Ten clients at λL + λD each for 400 s: the real packets took cover
+    // slots and added none.
+    let rates = Preset::Standard.rates();
+    let expected = (rates.loop_per_s + rates.drop_per_s) * 400.0 * 10.0;
+    let sent = out.client_packets as f64;
+    assert!(
+        (sent - expected).abs() < 5.0 * expected.sqrt(),
+        "{sent} packets, expected about {expected}"
+    );
 }
