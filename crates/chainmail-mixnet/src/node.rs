@@ -105,6 +105,22 @@ pub enum DropReason {
     Store,
 }
 
+impl DropReason {
+    /// A short snake_case name (for metrics labels and logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::Auth => "auth",
+            DropReason::Replay => "replay",
+            DropReason::QueueFull => "queue_full",
+            DropReason::Quota => "quota",
+            DropReason::NotProvider => "not_provider",
+            DropReason::Store => "store",
+        }
+    }
+}
+
 /// Counters, for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct NodeStats {

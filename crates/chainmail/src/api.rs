@@ -254,12 +254,7 @@ pub(crate) fn render_metrics(
         let dropped: Vec<(String, u64)> = s
             .dropped
             .iter()
-            .map(|(r, n)| {
-                (
-                    format!("{{reason=\"{}\"}}", format!("{r:?}").to_lowercase()),
-                    *n,
-                )
-            })
+            .map(|(r, n)| (format!("{{reason=\"{}\"}}", r.as_str()), *n))
             .collect();
         counter(
             &mut out,

@@ -202,10 +202,10 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         if received == total && acked == total {
             break;
         }
-        if started.elapsed() > opts.timeout {
+        if k == total && next_send.elapsed() > opts.timeout {
             println!();
             println!(
-                "  timed out after {}s; logs are in {}",
+                "  timed out {}s after the last message; logs are in {}",
                 opts.timeout.as_secs(),
                 dir.display()
             );

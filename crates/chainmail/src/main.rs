@@ -52,8 +52,8 @@ enum Command {
         /// Keep the network's files here (default: a temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 180)]
+        /// Give up this many seconds after the last message was sent.
+        #[arg(long, default_value_t = 120)]
         timeout_secs: u64,
         /// Milliseconds between two messages (the users take turns).
         #[arg(long, default_value_t = 1500)]

@@ -117,7 +117,10 @@ impl Testnet {
             },
             epochs: EpochSection {
                 length_secs: opts.epoch_secs,
-                ..EpochSection::default()
+                // Short epochs (tests) get a grace of a sixth of an epoch.
+                key_grace_secs: EpochSection::default()
+                    .key_grace_secs
+                    .min(opts.epoch_secs / 6),
             },
             mixing: MixingSection {
                 preset: opts.preset,

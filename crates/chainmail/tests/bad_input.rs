@@ -155,7 +155,7 @@ async fn bad_input_is_counted_and_dropped_and_replays_stay_refused_across_a_rest
     .await;
     wait_metric(
         &node,
-        "chainmail_packets_dropped_total{reason=\"unknownkey\"} ",
+        "chainmail_packets_dropped_total{reason=\"unknown_key\"} ",
         1,
     )
     .await;
