@@ -473,13 +473,13 @@ impl Client {
             .acks
             .front()
             .is_some_and(|a| now.saturating_since(a.queued) >= ACK_MAX_WAIT);
-        if ack_overdue || self.queue.is_empty() {
-            if let Some(a) = self.acks.pop_front() {
-                return Some(Outgoing::Ack {
-                    first_hop: a.first_hop,
-                    packet: a.packet,
-                });
-            }
+        if (ack_overdue || self.queue.is_empty())
+            && let Some(a) = self.acks.pop_front()
+        {
+            return Some(Outgoing::Ack {
+                first_hop: a.first_hop,
+                packet: a.packet,
+            });
         }
         self.queue.pop_front().map(Outgoing::Message)
     }
