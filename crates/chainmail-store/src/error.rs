@@ -29,10 +29,11 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The file is damaged: truncated, overwritten, or checksums that do not
-    /// match.
+    /// match; or a vault record or header fails authentication (tampered
+    /// with, or moved from another key, table or vault).
     #[error(
-        "store {} is corrupt ({detail}); Chainmail does not modify a store it cannot open: \
-         restore it from a backup, or move it away to start with an empty store",
+        "store {} is corrupt ({detail}); Chainmail changes nothing it cannot read: \
+         restore the store from a backup, or move it away to start with an empty one",
         path.display()
     )]
     Corrupt {
@@ -129,6 +130,131 @@ pub enum StoreError {
     /// A mailbox has used all 2^64 - 1 sequence numbers.
     #[error("mailbox has used every sequence number; it cannot take more items")]
     SequenceExhausted,
+    /// A vault table name, record key or value is empty where it must not
+    /// be, or too large. Nothing was stored.
+    #[error(
+        "vault {what} of {size} bytes is out of bounds: at most {max} bytes, \
+         and a table name must not be empty; nothing was stored"
+    )]
+    InvalidVaultRecord {
+        /// Which part: "table name", "key" or "value".
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The largest size allowed.
+        max: usize,
+    },
+    /// A vault name that is not 1 to
+    /// [`MAX_VAULT_NAME_SIZE`](crate::MAX_VAULT_NAME_SIZE) ASCII letters,
+    /// digits, `-` or `_`.
+    #[error(
+        "{name:?} is not a valid vault name: use 1 to {max} ASCII letters, digits, '-' or '_'",
+        max = crate::MAX_VAULT_NAME_SIZE
+    )]
+    InvalidVaultName {
+        /// The name given.
+        name: String,
+    },
+    /// [`Vault::create`](crate::Vault::create) found a vault of that name:
+    /// it was left as it was.
+    #[error(
+        "vault {vault:?} already exists in store {}; it was left untouched: \
+         unlock it, or create the new vault under another name",
+        path.display()
+    )]
+    VaultExists {
+        /// The store.
+        path: PathBuf,
+        /// The vault's name.
+        vault: String,
+    },
+    /// There is no vault of that name in the store.
+    #[error(
+        "store {} holds no vault {vault:?}: create it first, or check the store path and vault name",
+        path.display()
+    )]
+    NoVault {
+        /// The store.
+        path: PathBuf,
+        /// The vault's name.
+        vault: String,
+    },
+    /// The passphrase or key file does not unlock the vault. Nothing was
+    /// changed.
+    #[error(
+        "wrong passphrase or key file for vault {vault:?}: nothing was unlocked; \
+         give the secret the vault was created with, or last changed to"
+    )]
+    WrongSecret {
+        /// The vault's name.
+        vault: String,
+    },
+    /// The vault is unlocked with a passphrase and was given a key file, or
+    /// the other way round. Nothing was changed.
+    #[error(
+        "vault {vault:?} is unlocked with a {expected}, but was given a {given}: \
+         give its {expected}"
+    )]
+    WrongSecretKind {
+        /// The vault's name.
+        vault: String,
+        /// What unlocks it: "passphrase" or "key file".
+        expected: &'static str,
+        /// What was given.
+        given: &'static str,
+    },
+    /// A vault was created, or its secret changed, with an empty passphrase.
+    #[error("the vault passphrase is empty: choose a passphrase, or use a key file")]
+    EmptyPassphrase,
+    /// Bytes given as a key file are not one.
+    #[error(
+        "a key file of {len} bytes is not a vault key file ({reason}): a key file holds \
+         exactly 32 bytes, or 64 hexadecimal digits and an optional newline; \
+         check that the right file was given"
+    )]
+    InvalidKeyFile {
+        /// Length of what was given.
+        len: usize,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Key derivation parameters out of the bounds of
+    /// [`VaultParams`](crate::VaultParams).
+    #[error("vault key derivation parameters out of bounds: {detail}")]
+    InvalidVaultParams {
+        /// Which parameter, and its bounds.
+        detail: String,
+    },
+    /// Deriving the vault's key from the passphrase failed (argon2), for
+    /// instance for lack of memory.
+    #[error(
+        "deriving the vault key from the passphrase failed ({detail}); \
+         free memory, or recreate the vault with a smaller m_cost"
+    )]
+    KeyDerivation {
+        /// What argon2 said.
+        detail: String,
+    },
+    /// The operating system gave no random bytes.
+    #[error("the operating system's random number generator failed: {detail}")]
+    Randomness {
+        /// What the operating system said.
+        detail: String,
+    },
+    /// The vault was written by another version of Chainmail, with a format
+    /// this build does not read.
+    #[error(
+        "vault {vault:?} has format version {found}, this build reads version {supported}: \
+         run a Chainmail that supports it"
+    )]
+    UnsupportedVaultVersion {
+        /// The vault's name.
+        vault: String,
+        /// Format version recorded in the vault's header.
+        found: u8,
+        /// Format version this build reads and writes.
+        supported: u8,
+    },
 }
 
 impl StoreError {

@@ -11,12 +11,18 @@ mod open;
 mod store;
 mod tables;
 mod types;
+mod vault;
 
 pub use error::StoreError;
 pub use store::Store;
 pub use types::{
-    AppendOutcome, KvEntry, MAILBOX_ID_SIZE, MailboxId, MailboxItem, MailboxStats, Quota,
+    AppendOutcome, KvEntry, KvOp, MAILBOX_ID_SIZE, MailboxId, MailboxItem, MailboxStats, Quota,
     QuotaExceeded, Secret, StoreOptions, StoreStats,
+};
+pub use vault::{
+    MAX_VAULT_BATCH, MAX_VAULT_KEY_SIZE, MAX_VAULT_NAME_SIZE, MAX_VAULT_TABLE_SIZE,
+    MAX_VAULT_VALUE_SIZE, Vault, VaultEntry, VaultOp, VaultParams, VaultSecret, encode_key_file,
+    generate_key_file,
 };
 
 /// Largest mailbox item, in bytes. A packet's message is smaller; the rest
@@ -34,9 +40,12 @@ pub const MAX_KV_NAMESPACE_SIZE: usize = 64;
 pub const MAX_KV_KEY_SIZE: usize = 1024;
 /// Largest key-value value, in bytes.
 pub const MAX_KV_VALUE_SIZE: usize = 1 << 20;
+/// Most ops one [`Store::kv_batch`] takes.
+pub const MAX_KV_BATCH: usize = 4096;
 
 const _: () = {
     const fn shareable<T: Send + Sync + 'static>() {}
     shareable::<Store>();
     shareable::<StoreError>();
+    shareable::<Vault>();
 };

@@ -15,8 +15,11 @@ use crate::tables::{
     COUNTERS, EXPIRY, ITEMS, KV, LAYOUT_VERSION, META, META_LAYOUT_VERSION, MIX_KEYS, REPLAY_TAGS,
     SECRET_NODE_IDENTITY, SECRETS,
 };
-use crate::types::{KvEntry, Secret, StoreOptions};
-use crate::{MAX_KV_KEY_SIZE, MAX_KV_NAMESPACE_SIZE, MAX_KV_VALUE_SIZE, MAX_REPLAY_TAGS_PER_CALL};
+use crate::types::{KvEntry, KvOp, Secret, StoreOptions};
+use crate::{
+    MAX_KV_BATCH, MAX_KV_KEY_SIZE, MAX_KV_NAMESPACE_SIZE, MAX_KV_VALUE_SIZE,
+    MAX_REPLAY_TAGS_PER_CALL,
+};
 
 /// A node's or client's persistent state in one redb file. See the crate
 /// documentation for what is stored and what is guaranteed.
@@ -323,6 +326,73 @@ impl Store {
     pub fn kv_delete(&self, namespace: &str, key: &[u8]) -> Result<bool, StoreError> {
         check_kv(namespace, Some(key), None)?;
         self.write(|txn| Ok(txn.open_table(KV)?.remove((namespace, key))?.is_some()))
+    }
+
+    /// Applies `ops` in order, all in one transaction: when this returns `Ok`
+    /// all of them are on disk; when it returns an error, or the process dies
+    /// before it returns, none of them is. A later op on the same key wins.
+    ///
+    /// At most [`MAX_KV_BATCH`] ops; each namespace, key and value within the
+    /// bounds of [`Store::kv_put`]. An op out of bounds fails the whole batch
+    /// ([`StoreError::InvalidKv`]) and nothing of it is stored.
+    pub fn kv_batch(&self, ops: &[KvOp<'_>]) -> Result<(), StoreError> {
+        if ops.len() > MAX_KV_BATCH {
+            return Err(StoreError::BatchTooLarge {
+                what: "key-value ops",
+                count: ops.len(),
+                max: MAX_KV_BATCH,
+            });
+        }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            // Each op is checked as it comes, inside the transaction: an op
+            // out of bounds aborts the transaction with the earlier ops in
+            // it, which redb then discards.
+            for op in ops {
+                match *op {
+                    KvOp::Put {
+                        namespace,
+                        key,
+                        value,
+                    } => {
+                        check_kv(namespace, Some(key), Some(value))?;
+                        table.insert((namespace, key), value)?;
+                    }
+                    KvOp::Delete { namespace, key } => {
+                        check_kv(namespace, Some(key), None)?;
+                        table.remove((namespace, key))?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Reads the value under `key` in `namespace` and, in the same
+    /// transaction, stores what `f` returns in its place (`None`: leaves it
+    /// as it is). Nothing is written if `f` fails.
+    pub(crate) fn kv_update(
+        &self,
+        namespace: &str,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<Option<Vec<u8>>, StoreError>,
+    ) -> Result<(), StoreError> {
+        check_kv(namespace, Some(key), None)?;
+        self.write(|txn| {
+            let mut table = txn.open_table(KV)?;
+            let new = {
+                let old = table.get((namespace, key))?;
+                f(old.as_ref().map(|v| v.value()))?
+            };
+            if let Some(new) = new {
+                check_kv(namespace, None, Some(&new))?;
+                table.insert((namespace, key), new.as_slice())?;
+            }
+            Ok(())
+        })
     }
 
     /// Every key and value of `namespace`, by ascending key.

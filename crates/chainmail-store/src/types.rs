@@ -19,6 +19,51 @@ pub type Secret = Zeroizing<[u8; 32]>;
 /// returns them.
 pub type KvEntry = (Vec<u8>, Vec<u8>);
 
+/// One write of [`Store::kv_batch`](crate::Store::kv_batch).
+///
+/// `Debug` shows namespaces and sizes, never keys or values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum KvOp<'a> {
+    /// Store `value` under `key` in `namespace`, replacing what was there.
+    Put {
+        /// The namespace, 1 to [`MAX_KV_NAMESPACE_SIZE`](crate::MAX_KV_NAMESPACE_SIZE) bytes.
+        namespace: &'a str,
+        /// The key, at most [`MAX_KV_KEY_SIZE`](crate::MAX_KV_KEY_SIZE) bytes.
+        key: &'a [u8],
+        /// The value, at most [`MAX_KV_VALUE_SIZE`](crate::MAX_KV_VALUE_SIZE) bytes.
+        value: &'a [u8],
+    },
+    /// Delete `key` from `namespace`, if it is there.
+    Delete {
+        /// The namespace.
+        namespace: &'a str,
+        /// The key.
+        key: &'a [u8],
+    },
+}
+
+impl fmt::Debug for KvOp<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KvOp::Put {
+                namespace,
+                key,
+                value,
+            } => f
+                .debug_struct("Put")
+                .field("namespace", namespace)
+                .field("key_len", &key.len())
+                .field("value_len", &value.len())
+                .finish(),
+            KvOp::Delete { namespace, key } => f
+                .debug_struct("Delete")
+                .field("namespace", namespace)
+                .field("key_len", &key.len())
+                .finish(),
+        }
+    }
+}
+
 /// Limits a provider puts on what it stores.
 ///
 /// `max_items` and `max_bytes` apply to each mailbox on its own;
