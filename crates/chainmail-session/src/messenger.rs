@@ -1,0 +1,1446 @@
+//! The messenger core: contacts, contact requests, Olm sessions, envelopes
+//! and message states, as a sans-IO state machine.
+//!
+//! It sits on top of the mixnet client. What it hands out
+//! ([`Messenger::poll_action`]) the driver carries out: look up or publish
+//! a descriptor in the DHT, mint a proof-of-work stamp, or give a fragment
+//! to the mixnet client for sending. What comes back (descriptors found,
+//! stamps minted, mixnet ids, acknowledgements, received mixnet messages)
+//! goes in through the `handle_*` methods. Nothing here reads a clock or
+//! touches the network.
+//!
+//! Delivery: each envelope is encrypted once with the contact's Olm
+//! session, split into fragments that fit one mixnet packet each, and each
+//! fragment is acknowledged by the recipient's client through a SURB
+//! ([`chainmail_mixnet::Client`]); a message is `delivered` when every
+//! fragment is. The acknowledgement leaves the recipient in its Poisson
+//! payload stream behind its own messages and crosses three mixes with
+//! their delays, like any packet, so seeing it tells no mix that the
+//! recipient just received something from the sender (the confirmation
+//! attack of naive acknowledgements).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use chainmail_mixnet::Time;
+use chainmail_mixnet::message::ClientAddress;
+use rand::rngs::StdRng;
+use rand::{Rng, RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use vodozemac::olm;
+
+use crate::account::{Account, AccountState};
+use crate::blind::{descriptor_dht_key, open_descriptor, period_at, seal_descriptor};
+use crate::descriptor::{AccountDescriptor, verify_binding};
+use crate::envelope::{Envelope, Fragment, Kind, Reassembler, ReassemblyLimits, fragment};
+use crate::stamp::{Stamp, day_of, stamp_challenge, stamp_fresh};
+use crate::{Address, SessionError};
+
+/// A message's id (also its envelope's).
+pub type MessageId = [u8; 16];
+
+/// Configuration of a [`Messenger`].
+#[derive(Clone, Debug)]
+pub struct MessengerConfig {
+    /// Hash of the network.
+    pub network: [u8; 32],
+    /// This client's version, sent in every envelope.
+    pub client_version: String,
+    /// Leading zero bits a stranger's contact request must carry.
+    pub stamp_difficulty: u8,
+    /// Period of the blinded descriptor keys in the DHT.
+    pub descriptor_period: Duration,
+    /// Encoded size of one fragment: what one mixnet message carries.
+    pub max_fragment: usize,
+    /// How long a message that arrived out of order is held back waiting
+    /// for the ones before it.
+    pub reorder_timeout: Duration,
+    /// How long to wait before looking an address up again after a
+    /// lookup found nothing.
+    pub lookup_retry: Duration,
+}
+
+impl MessengerConfig {
+    /// Defaults for `network`.
+    pub fn new(network: [u8; 32]) -> Self {
+        MessengerConfig {
+            network,
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            stamp_difficulty: 18,
+            descriptor_period: Duration::from_secs(24 * 3600),
+            max_fragment: chainmail_mixnet::message::MAX_BODY,
+            reorder_timeout: Duration::from_secs(120),
+            lookup_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a contact stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContactState {
+    /// Added by us; looking up their descriptor to send the request.
+    LookingUp,
+    /// Our request is on its way or waiting for their answer.
+    RequestSent,
+    /// They asked us; waiting for the user to accept, deny or ignore.
+    RequestReceived,
+    /// Both sides talk.
+    Accepted,
+    /// We denied their request (they were told).
+    Denied,
+    /// They denied our request.
+    DeniedByThem,
+    /// We ignored their request (nobody was told).
+    Ignored,
+}
+
+impl ContactState {
+    /// A short lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContactState::LookingUp => "looking-up",
+            ContactState::RequestSent => "request-sent",
+            ContactState::RequestReceived => "request-received",
+            ContactState::Accepted => "accepted",
+            ContactState::Denied => "denied",
+            ContactState::DeniedByThem => "denied-by-them",
+            ContactState::Ignored => "ignored",
+        }
+    }
+}
+
+/// The state of a message this client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageState {
+    /// Waiting in this client (for a descriptor, a stamp, or a session).
+    Queued,
+    /// Handed to the mixnet.
+    Sent,
+    /// Every part acknowledged by the recipient's client.
+    Delivered,
+    /// Some part was never acknowledged.
+    Failed,
+}
+
+impl MessageState {
+    /// A short lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::Sent => "sent",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed => "failed",
+        }
+    }
+}
+
+/// A contact.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Contact {
+    /// Their address.
+    pub address: Address,
+    /// The name the user gave them (or the one they suggested).
+    pub name: String,
+    /// Where the contact stands.
+    pub state: ContactState,
+    /// Their Olm identity key, once known.
+    pub curve_key: Option<[u8; 32]>,
+    /// Where their packets go.
+    pub mixnet: Option<ClientAddress>,
+    /// Their client version, as last seen.
+    pub client_version: Option<String>,
+    /// The user compared safety numbers with them.
+    pub verified: bool,
+    /// Their keys changed since the user last looked (a loud warning).
+    pub key_changed: bool,
+    /// The text of their contact request, or of ours to them.
+    pub request_text: Option<String>,
+    next_seq_out: u64,
+    next_seq_in: u64,
+    /// Envelopes that came early, encoded, with when they came.
+    held: BTreeMap<u64, (Time, Vec<u8>)>,
+    seen_ahead: Vec<u64>,
+    lookup_at: Option<Time>,
+}
+
+/// What the user should see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessengerEvent {
+    /// A stranger asks to talk.
+    ContactRequest {
+        /// Who.
+        from: Address,
+        /// The name they suggest.
+        name: String,
+        /// Their message, if any.
+        text: Option<String>,
+    },
+    /// Our request was accepted.
+    ContactAccepted {
+        /// By whom.
+        contact: Address,
+    },
+    /// Our request was denied.
+    ContactDenied {
+        /// By whom.
+        contact: Address,
+    },
+    /// A message from a contact, in the order they sent it.
+    Message {
+        /// From whom.
+        from: Address,
+        /// Its id.
+        id: MessageId,
+        /// Its position in the conversation (the sender's count).
+        seq: u64,
+        /// When the sender wrote it (their clock).
+        sent_at: Time,
+        /// The text.
+        text: String,
+    },
+    /// A message of ours changed state.
+    MessageState {
+        /// Which.
+        id: MessageId,
+        /// To whom.
+        to: Address,
+        /// Its new state.
+        state: MessageState,
+    },
+    /// A contact's keys changed: someone else may be in the middle, or they
+    /// moved to a new device. Their safety number must be compared again.
+    KeyChanged {
+        /// Whose.
+        contact: Address,
+    },
+    /// Looking a contact up found no valid descriptor (will try again).
+    LookupFailed {
+        /// Whom.
+        contact: Address,
+    },
+}
+
+/// What the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Look up these DHT keys (in order) and give every value found to
+    /// [`Messenger::handle_descriptor`], then call
+    /// [`Messenger::handle_lookup_done`].
+    Lookup {
+        /// The account looked up.
+        address: Address,
+        /// (period, DHT key) pairs.
+        keys: Vec<(u64, [u8; 32])>,
+    },
+    /// Put this record in the DHT.
+    Publish {
+        /// DHT key.
+        key: [u8; 32],
+        /// Value (encrypted descriptor).
+        value: Vec<u8>,
+        /// When it may be dropped.
+        expires: Time,
+    },
+    /// Mint a stamp ([`Stamp::mint`]) and give it to
+    /// [`Messenger::handle_stamp`].
+    MintStamp {
+        /// Job id.
+        job: u64,
+        /// The challenge.
+        challenge: [u8; 32],
+        /// Day it is for.
+        day: u32,
+        /// Leading zero bits needed.
+        difficulty: u8,
+    },
+    /// Give `body` to the mixnet client for `to`, then report its mixnet
+    /// message id with [`Messenger::handle_transmitted`].
+    Transmit {
+        /// Which message and fragment.
+        tag: FragmentTag,
+        /// Recipient.
+        to: ClientAddress,
+        /// One encoded fragment.
+        body: Vec<u8>,
+    },
+}
+
+/// Identifies one fragment of one message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FragmentTag {
+    /// Message.
+    pub message: MessageId,
+    /// Fragment index.
+    pub index: u16,
+}
+
+/// Why something that arrived was not shown.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MessengerStats {
+    /// A stranger's first message without a valid stamp.
+    pub rejected_stamp: u64,
+    /// A first message whose key binding did not verify.
+    pub rejected_binding: u64,
+    /// Could not be decrypted.
+    pub undecryptable: u64,
+    /// Could not be decoded.
+    pub malformed: u64,
+    /// From someone not accepted (hidden).
+    pub hidden: u64,
+    /// From someone denied or ignored.
+    pub from_blocked: u64,
+    /// Envelopes seen before.
+    pub duplicates: u64,
+    /// Out-of-order messages shown after waiting too long for a gap.
+    pub gaps_skipped: u64,
+    /// Descriptors that failed to open or verify.
+    pub bad_descriptors: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OutMessage {
+    to: Address,
+    state: MessageState,
+    fragments: u16,
+    acked: Vec<bool>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StampJob {
+    to: Address,
+    message: MessageId,
+    frame: Frame,
+}
+
+/// The first envelope to a stranger carries this in its body.
+#[derive(Serialize, Deserialize)]
+struct RequestBody {
+    name: String,
+    text: Option<String>,
+    reply: ClientAddress,
+}
+
+/// What is fragmented and sent: an Olm message with what the receiver
+/// needs to find or make the session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum Frame {
+    /// The first messages of a session.
+    PreKey {
+        sender: Address,
+        curve_key: [u8; 32],
+        binding: Vec<u8>,
+        stamp: Option<Stamp>,
+        message: Vec<u8>,
+    },
+    /// Later messages.
+    Normal { sender: Address, message: Vec<u8> },
+}
+
+/// Everything a [`Messenger`] must keep across restarts (secret: store it
+/// encrypted).
+#[derive(Serialize, Deserialize)]
+pub struct MessengerState {
+    account: AccountState,
+    name: String,
+    contacts: Vec<Contact>,
+    sessions: Vec<(Address, Vec<olm::SessionPickle>)>,
+    outgoing: Vec<(MessageId, OutMessage)>,
+    mixnet_ids: Vec<([u8; 16], FragmentTag)>,
+    stats: MessengerStats,
+}
+
+/// Most contacts.
+pub const MAX_CONTACTS: usize = 10_000;
+/// Most messages held back per contact waiting for an earlier one.
+pub const MAX_HELD: usize = 1000;
+/// Most messages in flight.
+pub const MAX_OUTGOING: usize = 10_000;
+/// Most Olm sessions kept per contact.
+pub const MAX_SESSIONS: usize = 4;
+/// Longest text.
+pub const MAX_TEXT: usize = 16 * 1024;
+/// Longest contact name.
+pub const MAX_NAME: usize = 64;
+
+/// The messenger core of one account.
+pub struct Messenger {
+    config: MessengerConfig,
+    rng: StdRng,
+    account: Account,
+    name: String,
+    mixnet: Option<ClientAddress>,
+    contacts: BTreeMap<Address, Contact>,
+    sessions: HashMap<Address, Vec<olm::Session>>,
+    outgoing: BTreeMap<MessageId, OutMessage>,
+    mixnet_ids: BTreeMap<[u8; 16], FragmentTag>,
+    stamp_jobs: HashMap<u64, StampJob>,
+    next_job: u64,
+    reassembler: Reassembler<()>,
+    next_publish: Option<Time>,
+    actions: VecDeque<Action>,
+    events: VecDeque<MessengerEvent>,
+    stats: MessengerStats,
+    dirty: bool,
+}
+
+impl Messenger {
+    /// A messenger for `account`, whose user calls themself `name`.
+    pub fn new(config: MessengerConfig, account: Account, name: &str, seed: [u8; 32]) -> Self {
+        Messenger {
+            config,
+            rng: StdRng::from_seed(seed),
+            account,
+            name: truncate(name, MAX_NAME),
+            mixnet: None,
+            contacts: BTreeMap::new(),
+            sessions: HashMap::new(),
+            outgoing: BTreeMap::new(),
+            mixnet_ids: BTreeMap::new(),
+            stamp_jobs: HashMap::new(),
+            next_job: 0,
+            reassembler: Reassembler::new(ReassemblyLimits {
+                max_messages: 256,
+                max_bytes: 4 * 1024 * 1024,
+                timeout: Duration::from_secs(600),
+            }),
+            next_publish: None,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: MessengerStats::default(),
+            dirty: true,
+        }
+    }
+
+    /// Rebuilds a messenger from [`Messenger::state`]. Messages waiting for
+    /// a stamp when the state was taken are sent again by the mixnet layer
+    /// or reported failed.
+    pub fn from_state(
+        config: MessengerConfig,
+        state: MessengerState,
+        seed: [u8; 32],
+    ) -> Result<Self, SessionError> {
+        let mut m = Messenger::new(
+            config,
+            Account::from_state(state.account),
+            &state.name,
+            seed,
+        );
+        m.contacts = state.contacts.into_iter().map(|c| (c.address, c)).collect();
+        m.sessions = state
+            .sessions
+            .into_iter()
+            .map(|(a, s)| (a, s.into_iter().map(olm::Session::from_pickle).collect()))
+            .collect();
+        m.outgoing = state.outgoing.into_iter().collect();
+        m.mixnet_ids = state.mixnet_ids.into_iter().collect();
+        m.stats = state.stats;
+        m.dirty = false;
+        Ok(m)
+    }
+
+    /// Everything to keep across restarts (secret).
+    pub fn state(&self) -> MessengerState {
+        MessengerState {
+            account: self.account.state(),
+            name: self.name.clone(),
+            contacts: self.contacts.values().cloned().collect(),
+            sessions: self
+                .sessions
+                .iter()
+                .map(|(a, s)| (*a, s.iter().map(olm::Session::pickle).collect()))
+                .collect(),
+            outgoing: self.outgoing.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            mixnet_ids: self.mixnet_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Whether the state changed since the last call (then store
+    /// [`Messenger::state`] before acting on what came out).
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// This account's address.
+    pub fn address(&self) -> Address {
+        self.account.address()
+    }
+
+    /// This account's Olm identity key.
+    pub fn curve_key(&self) -> [u8; 32] {
+        self.account.curve_key()
+    }
+
+    /// The name the user goes by.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The account (for its identity seed).
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &MessengerStats {
+        &self.stats
+    }
+
+    /// Contacts, by address.
+    pub fn contacts(&self) -> impl Iterator<Item = &Contact> {
+        self.contacts.values()
+    }
+
+    /// One contact.
+    pub fn contact(&self, address: &Address) -> Option<&Contact> {
+        self.contacts.get(address)
+    }
+
+    /// Finds a contact by name (exact, then case-insensitive) or address.
+    pub fn find_contact(&self, name_or_address: &str) -> Option<&Contact> {
+        if let Ok(a) = name_or_address.parse::<Address>() {
+            return self.contacts.get(&a);
+        }
+        self.contacts
+            .values()
+            .find(|c| c.name == name_or_address)
+            .or_else(|| {
+                self.contacts
+                    .values()
+                    .find(|c| c.name.eq_ignore_ascii_case(name_or_address))
+            })
+    }
+
+    /// State of a message this client sent, while it is remembered.
+    pub fn message_state(&self, id: &MessageId) -> Option<MessageState> {
+        self.outgoing.get(id).map(|m| m.state)
+    }
+
+    /// Sets this client's mixnet address (what contacts reply to); needed
+    /// before anything is published or requested.
+    pub fn set_mixnet_address(&mut self, address: ClientAddress) {
+        if self.mixnet.as_ref() != Some(&address) {
+            self.mixnet = Some(address);
+            self.next_publish = None;
+        }
+    }
+
+    /// Adds a contact and asks them to talk, with an optional first text.
+    pub fn add_contact(
+        &mut self,
+        now: Time,
+        address: Address,
+        name: &str,
+        text: Option<&str>,
+    ) -> Result<(), SessionError> {
+        if address == self.address() {
+            return Err(SessionError::Invalid("that is your own address"));
+        }
+        if let Some(text) = text
+            && text.len() > MAX_TEXT
+        {
+            return Err(SessionError::TooLarge {
+                what: "text",
+                actual: text.len(),
+                max: MAX_TEXT,
+            });
+        }
+        let name = self.check_name(name, Some(&address))?;
+        match self.contacts.get(&address).map(|c| c.state) {
+            None | Some(ContactState::DeniedByThem) => {}
+            Some(ContactState::RequestReceived) => {
+                return Err(SessionError::Invalid(
+                    "they already asked you: accept their request instead",
+                ));
+            }
+            Some(_) => return Err(SessionError::Invalid("already a contact")),
+        }
+        if self.contacts.len() >= MAX_CONTACTS {
+            return Err(SessionError::Invalid("too many contacts"));
+        }
+        self.contacts.insert(
+            address,
+            Contact {
+                address,
+                name,
+                state: ContactState::LookingUp,
+                curve_key: None,
+                mixnet: None,
+                client_version: None,
+                verified: false,
+                key_changed: false,
+                request_text: text.map(String::from),
+                next_seq_out: 1,
+                next_seq_in: 1,
+                held: BTreeMap::new(),
+                seen_ahead: Vec::new(),
+                lookup_at: Some(now),
+            },
+        );
+        self.dirty = true;
+        self.lookup(now, address);
+        Ok(())
+    }
+
+    fn check_name(
+        &self,
+        name: &str,
+        for_address: Option<&Address>,
+    ) -> Result<String, SessionError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+            return Err(SessionError::Invalid(
+                "a contact name is 1 to 64 characters, no control characters",
+            ));
+        }
+        if name.parse::<Address>().is_ok() {
+            return Err(SessionError::Invalid("a contact name cannot be an address"));
+        }
+        if self
+            .contacts
+            .values()
+            .any(|c| c.name == name && Some(&c.address) != for_address)
+        {
+            return Err(SessionError::Invalid("another contact has that name"));
+        }
+        Ok(name.into())
+    }
+
+    fn lookup(&mut self, now: Time, address: Address) {
+        let period = period_at(now, self.config.descriptor_period);
+        let keys = [period, period.saturating_sub(1)]
+            .into_iter()
+            .map(|p| (p, descriptor_dht_key(&self.config.network, &address, p)))
+            .collect();
+        if let Some(c) = self.contacts.get_mut(&address) {
+            c.lookup_at = None;
+        }
+        self.actions.push_back(Action::Lookup { address, keys });
+    }
+
+    /// A DHT value found under one of the keys of an [`Action::Lookup`].
+    pub fn handle_descriptor(&mut self, now: Time, address: Address, period: u64, value: &[u8]) {
+        let descriptor = match open_descriptor(&self.config.network, &address, period, value)
+            .and_then(|plain| {
+                AccountDescriptor::decode_verified(&plain, &self.config.network, &address, now)
+            }) {
+            Ok(d) => d,
+            Err(_) => {
+                self.stats.bad_descriptors += 1;
+                return;
+            }
+        };
+        let Some(contact) = self.contacts.get_mut(&address) else {
+            return;
+        };
+        if contact.state != ContactState::LookingUp {
+            return;
+        }
+        let body = descriptor.body;
+        contact.curve_key = Some(body.curve_key);
+        contact.mixnet = Some(body.mixnet.clone());
+        contact.client_version = Some(body.client_version.clone());
+        // One of their one-time keys at random (collisions between two
+        // senders are unlikely); the fallback key if they have none.
+        let one_time = if body.one_time_keys.is_empty() {
+            body.fallback_key
+        } else {
+            body.one_time_keys[self.rng.random_range(0..body.one_time_keys.len())]
+        };
+        let session = match self.account.outbound_session(&body.curve_key, &one_time) {
+            Ok(s) => s,
+            Err(_) => {
+                self.stats.bad_descriptors += 1;
+                return;
+            }
+        };
+        self.sessions.insert(address, vec![session]);
+        let Some(reply) = self.mixnet.clone() else {
+            return;
+        };
+        let request = RequestBody {
+            name: self.name.clone(),
+            text: contact.request_text.clone(),
+            reply,
+        };
+        let Ok(body) = postcard::to_stdvec(&request) else {
+            return;
+        };
+        contact.state = ContactState::RequestSent;
+        self.dirty = true;
+        if self
+            .send_envelope(now, address, Kind::ContactRequest, body, true)
+            .is_err()
+        {
+            // Too much in flight: look up and try again later.
+            let retry = self.config.lookup_retry;
+            if let Some(c) = self.contacts.get_mut(&address) {
+                c.state = ContactState::LookingUp;
+                c.lookup_at = Some(now + retry);
+            }
+        }
+    }
+
+    /// The lookup of `address` ended; if no descriptor was usable, it is
+    /// tried again later.
+    pub fn handle_lookup_done(&mut self, now: Time, address: Address) {
+        let retry = self.config.lookup_retry;
+        if let Some(c) = self.contacts.get_mut(&address)
+            && c.state == ContactState::LookingUp
+        {
+            c.lookup_at = Some(now + retry);
+            self.events
+                .push_back(MessengerEvent::LookupFailed { contact: address });
+        }
+    }
+
+    /// Accepts a contact request.
+    pub fn accept(&mut self, now: Time, address: &Address) -> Result<(), SessionError> {
+        let c = self.request_from(address)?;
+        c.state = ContactState::Accepted;
+        self.dirty = true;
+        self.send_envelope(now, *address, Kind::Accept, Vec::new(), false)
+            .map(|_| ())
+    }
+
+    /// Denies a contact request; the sender is told.
+    pub fn deny(&mut self, now: Time, address: &Address) -> Result<(), SessionError> {
+        let c = self.request_from(address)?;
+        c.state = ContactState::Denied;
+        self.dirty = true;
+        self.send_envelope(now, *address, Kind::Deny, Vec::new(), false)
+            .map(|_| ())
+    }
+
+    /// Ignores a contact request; nobody is told, and nothing from them is
+    /// shown.
+    pub fn ignore(&mut self, address: &Address) -> Result<(), SessionError> {
+        let c = self.request_from(address)?;
+        c.state = ContactState::Ignored;
+        self.dirty = true;
+        Ok(())
+    }
+
+    fn request_from(&mut self, address: &Address) -> Result<&mut Contact, SessionError> {
+        match self.contacts.get_mut(address) {
+            Some(c) if c.state == ContactState::RequestReceived => Ok(c),
+            Some(_) => Err(SessionError::Invalid("no open request from this contact")),
+            None => Err(SessionError::Invalid("no such contact")),
+        }
+    }
+
+    /// Renames a contact.
+    pub fn rename(&mut self, address: &Address, name: &str) -> Result<(), SessionError> {
+        let name = self.check_name(name, Some(address))?;
+        let c = self
+            .contacts
+            .get_mut(address)
+            .ok_or(SessionError::Invalid("no such contact"))?;
+        c.name = name;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Marks a contact verified (the user compared safety numbers), which
+    /// also clears a key-change warning.
+    pub fn set_verified(&mut self, address: &Address, verified: bool) -> Result<(), SessionError> {
+        let c = self
+            .contacts
+            .get_mut(address)
+            .ok_or(SessionError::Invalid("no such contact"))?;
+        if c.curve_key.is_none() {
+            return Err(SessionError::Invalid(
+                "their keys are not known yet: wait for their answer",
+            ));
+        }
+        c.verified = verified;
+        if verified {
+            c.key_changed = false;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The safety number with a contact, once their keys are known.
+    pub fn safety_number(&self, address: &Address) -> Option<crate::safety::SafetyNumber> {
+        let c = self.contacts.get(address)?;
+        let theirs = c.curve_key?;
+        Some(crate::safety::safety_number(
+            (&self.address(), &self.curve_key()),
+            (address, &theirs),
+        ))
+    }
+
+    /// Sends a text to an accepted contact.
+    pub fn send_text(
+        &mut self,
+        now: Time,
+        to: &Address,
+        text: &str,
+    ) -> Result<MessageId, SessionError> {
+        if text.len() > MAX_TEXT {
+            return Err(SessionError::TooLarge {
+                what: "text",
+                actual: text.len(),
+                max: MAX_TEXT,
+            });
+        }
+        match self.contacts.get(to).map(|c| c.state) {
+            Some(ContactState::Accepted) => {}
+            Some(ContactState::LookingUp | ContactState::RequestSent) => {
+                return Err(SessionError::Invalid(
+                    "they have not accepted your request yet",
+                ));
+            }
+            Some(ContactState::RequestReceived) => {
+                return Err(SessionError::Invalid("accept their request first"));
+            }
+            Some(_) => return Err(SessionError::Invalid("this contact is not accepted")),
+            None => return Err(SessionError::Invalid("no such contact")),
+        }
+        self.send_envelope(now, *to, Kind::Text, text.as_bytes().to_vec(), false)
+    }
+
+    fn send_envelope(
+        &mut self,
+        now: Time,
+        to: Address,
+        kind: Kind,
+        body: Vec<u8>,
+        stamped: bool,
+    ) -> Result<MessageId, SessionError> {
+        if self.outgoing.len() >= MAX_OUTGOING {
+            return Err(SessionError::Invalid(
+                "too many messages in flight: wait for some to be delivered",
+            ));
+        }
+        let contact = self
+            .contacts
+            .get_mut(&to)
+            .ok_or(SessionError::Invalid("no such contact"))?;
+        let session = self
+            .sessions
+            .get_mut(&to)
+            .and_then(|s| s.first_mut())
+            .ok_or(SessionError::Invalid("no session with this contact"))?;
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let envelope = Envelope {
+            kind,
+            id,
+            seq: contact.next_seq_out,
+            timestamp: now,
+            client_version: self.config.client_version.clone(),
+            body,
+        };
+        let plain = envelope.encode()?;
+        let message = session
+            .encrypt(&plain)
+            .map_err(|_| SessionError::Invalid("encryption failed"))?;
+        contact.next_seq_out += 1;
+        let frame = match message {
+            olm::OlmMessage::PreKey(m) => Frame::PreKey {
+                sender: self.account.address(),
+                curve_key: self.account.curve_key(),
+                binding: self.account.binding(&self.config.network).to_vec(),
+                stamp: None,
+                message: m.to_bytes(),
+            },
+            olm::OlmMessage::Normal(m) => Frame::Normal {
+                sender: self.account.address(),
+                message: m.to_bytes(),
+            },
+        };
+        self.outgoing.insert(
+            id,
+            OutMessage {
+                to,
+                state: MessageState::Queued,
+                fragments: 0,
+                acked: Vec::new(),
+            },
+        );
+        self.dirty = true;
+        if stamped && self.config.stamp_difficulty > 0 {
+            let Frame::PreKey { message, .. } = &frame else {
+                return Err(SessionError::Invalid("a request must start a session"));
+            };
+            let day = day_of(now);
+            let challenge =
+                stamp_challenge(&self.config.network, &to, &self.address(), day, message);
+            let job = self.next_job;
+            self.next_job += 1;
+            self.stamp_jobs.insert(
+                job,
+                StampJob {
+                    to,
+                    message: id,
+                    frame,
+                },
+            );
+            self.actions.push_back(Action::MintStamp {
+                job,
+                challenge,
+                day,
+                difficulty: self.config.stamp_difficulty,
+            });
+        } else {
+            self.transmit(id, to, &frame)?;
+        }
+        Ok(id)
+    }
+
+    /// A stamp minted for an [`Action::MintStamp`].
+    pub fn handle_stamp(&mut self, job: u64, stamp: Stamp) {
+        let Some(StampJob {
+            to,
+            message,
+            mut frame,
+        }) = self.stamp_jobs.remove(&job)
+        else {
+            return;
+        };
+        if let Frame::PreKey { stamp: s, .. } = &mut frame {
+            *s = Some(stamp);
+        }
+        if self.transmit(message, to, &frame).is_err() {
+            self.set_state(message, MessageState::Failed);
+        }
+    }
+
+    fn transmit(&mut self, id: MessageId, to: Address, frame: &Frame) -> Result<(), SessionError> {
+        let mixnet = self
+            .contacts
+            .get(&to)
+            .and_then(|c| c.mixnet.clone())
+            .ok_or(SessionError::Invalid(
+                "the contact's mixnet address is unknown",
+            ))?;
+        let bytes = postcard::to_stdvec(frame).map_err(|e| SessionError::Malformed {
+            what: "frame",
+            detail: e.to_string(),
+        })?;
+        let fragments = fragment(id, &bytes, self.config.max_fragment)?;
+        let count = u16::try_from(fragments.len()).unwrap_or(u16::MAX);
+        if let Some(m) = self.outgoing.get_mut(&id) {
+            m.fragments = count;
+            m.acked = vec![false; fragments.len()];
+        }
+        for f in fragments {
+            let tag = FragmentTag {
+                message: id,
+                index: f.index,
+            };
+            self.actions.push_back(Action::Transmit {
+                tag,
+                to: mixnet.clone(),
+                body: f.encode()?,
+            });
+        }
+        self.set_state(id, MessageState::Sent);
+        Ok(())
+    }
+
+    /// The mixnet client took the fragment `tag` as its message `mixnet_id`.
+    pub fn handle_transmitted(&mut self, tag: FragmentTag, mixnet_id: [u8; 16]) {
+        self.mixnet_ids.insert(mixnet_id, tag);
+        self.dirty = true;
+    }
+
+    /// The mixnet client could not take the fragment (queue full, bad
+    /// address): the message failed.
+    pub fn handle_transmit_failed(&mut self, tag: FragmentTag) {
+        self.set_state(tag.message, MessageState::Failed);
+    }
+
+    /// The mixnet client's acknowledgement of `mixnet_id` came back.
+    pub fn handle_mixnet_delivered(&mut self, mixnet_id: &[u8; 16]) {
+        let Some(tag) = self.mixnet_ids.remove(mixnet_id) else {
+            return;
+        };
+        self.dirty = true;
+        let Some(m) = self.outgoing.get_mut(&tag.message) else {
+            return;
+        };
+        if let Some(a) = m.acked.get_mut(usize::from(tag.index)) {
+            *a = true;
+        }
+        if m.state == MessageState::Sent && m.acked.iter().all(|a| *a) {
+            self.set_state(tag.message, MessageState::Delivered);
+        }
+    }
+
+    /// The mixnet client gave up on `mixnet_id`.
+    pub fn handle_mixnet_failed(&mut self, mixnet_id: &[u8; 16]) {
+        if let Some(tag) = self.mixnet_ids.remove(mixnet_id) {
+            self.dirty = true;
+            self.set_state(tag.message, MessageState::Failed);
+        }
+    }
+
+    fn set_state(&mut self, id: MessageId, state: MessageState) {
+        let Some(m) = self.outgoing.get_mut(&id) else {
+            return;
+        };
+        if m.state == state || m.state == MessageState::Failed || m.state == MessageState::Delivered
+        {
+            return;
+        }
+        m.state = state;
+        let to = m.to;
+        if matches!(state, MessageState::Delivered | MessageState::Failed) {
+            self.outgoing.remove(&id);
+            self.mixnet_ids.retain(|_, t| t.message != id);
+        }
+        self.dirty = true;
+        self.events
+            .push_back(MessengerEvent::MessageState { id, to, state });
+    }
+
+    /// A message the mixnet client received (one fragment).
+    pub fn handle_received(&mut self, now: Time, body: &[u8]) {
+        let Ok(fragment) = Fragment::decode(body) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let bytes = match self.reassembler.insert(now, (), fragment) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let frame: Frame = match postcard::from_bytes(&bytes) {
+            Ok(f) => f,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let (sender, plain) = match frame {
+            Frame::PreKey {
+                sender,
+                curve_key,
+                binding,
+                stamp,
+                message,
+            } => match self.open_pre_key(now, sender, curve_key, &binding, stamp, &message) {
+                Some(plain) => (sender, plain),
+                None => return,
+            },
+            Frame::Normal { sender, message } => {
+                let Ok(m) = olm::Message::from_bytes(&message) else {
+                    self.stats.malformed += 1;
+                    return;
+                };
+                match self.decrypt_with_sessions(&sender, &olm::OlmMessage::Normal(m)) {
+                    Some(plain) => (sender, plain),
+                    None => {
+                        self.stats.undecryptable += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        self.dirty = true;
+        let envelope = match Envelope::decode(&plain) {
+            Ok(e) => e,
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        self.handle_envelope(now, sender, envelope);
+    }
+
+    fn decrypt_with_sessions(
+        &mut self,
+        sender: &Address,
+        message: &olm::OlmMessage,
+    ) -> Option<Vec<u8>> {
+        let sessions = self.sessions.get_mut(sender)?;
+        // The session that opens it becomes the one we send with, so two
+        // sides that started sessions at once settle on one.
+        for i in 0..sessions.len() {
+            if let Ok(plain) = sessions[i].decrypt(message) {
+                let s = sessions.remove(i);
+                sessions.insert(0, s);
+                return Some(plain);
+            }
+        }
+        None
+    }
+
+    fn open_pre_key(
+        &mut self,
+        now: Time,
+        sender: Address,
+        curve_key: [u8; 32],
+        binding: &[u8],
+        stamp: Option<Stamp>,
+        message: &[u8],
+    ) -> Option<Vec<u8>> {
+        let Ok(binding) = <[u8; 64]>::try_from(binding) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        if verify_binding(&sender, &self.config.network, &curve_key, &binding).is_err() {
+            self.stats.rejected_binding += 1;
+            return None;
+        }
+        let state = self.contacts.get(&sender).map(|c| c.state);
+        match state {
+            Some(ContactState::Denied | ContactState::Ignored) => {
+                self.stats.from_blocked += 1;
+                return None;
+            }
+            Some(_) => {}
+            None => {
+                // A stranger: the request must carry work.
+                let today = day_of(now);
+                let ok = stamp.is_some_and(|s| {
+                    stamp_fresh(s.day, today)
+                        && s.verify(
+                            &stamp_challenge(
+                                &self.config.network,
+                                &self.address(),
+                                &sender,
+                                s.day,
+                                message,
+                            ),
+                            self.config.stamp_difficulty,
+                        )
+                });
+                if !ok && self.config.stamp_difficulty > 0 {
+                    self.stats.rejected_stamp += 1;
+                    return None;
+                }
+            }
+        }
+        let Ok(pre_key) = olm::PreKeyMessage::from_bytes(message) else {
+            self.stats.malformed += 1;
+            return None;
+        };
+        // A later first-message of a session we already have (the sender has
+        // not heard from us yet): decrypt with that session.
+        if let Some(sessions) = self.sessions.get_mut(&sender)
+            && let Some(i) = sessions
+                .iter()
+                .position(|s| s.session_keys() == pre_key.session_keys())
+        {
+            let plain = sessions[i].decrypt(&olm::OlmMessage::PreKey(pre_key)).ok();
+            if plain.is_none() {
+                self.stats.undecryptable += 1;
+            } else {
+                let s = sessions.remove(i);
+                sessions.insert(0, s);
+            }
+            return plain;
+        }
+        let (session, plain) = match self.account.inbound_session(&curve_key, &pre_key) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.undecryptable += 1;
+                return None;
+            }
+        };
+        if self.account.wants_republish() {
+            self.next_publish = Some(now);
+        }
+        let sessions = self.sessions.entry(sender).or_default();
+        sessions.insert(0, session);
+        sessions.truncate(MAX_SESSIONS);
+        if let Some(c) = self.contacts.get_mut(&sender) {
+            match c.curve_key {
+                Some(old) if old != curve_key => {
+                    c.curve_key = Some(curve_key);
+                    c.verified = false;
+                    c.key_changed = true;
+                    // A new device counts its messages from the start, and
+                    // ours to it start again too.
+                    c.next_seq_in = 1;
+                    c.next_seq_out = 1;
+                    c.held.clear();
+                    c.seen_ahead.clear();
+                    self.events
+                        .push_back(MessengerEvent::KeyChanged { contact: sender });
+                }
+                Some(_) => {}
+                None => c.curve_key = Some(curve_key),
+            }
+        }
+        Some(plain)
+    }
+
+    fn handle_envelope(&mut self, now: Time, sender: Address, envelope: Envelope) {
+        if envelope.kind == Kind::ContactRequest && !self.contacts.contains_key(&sender) {
+            return self.new_request(sender, envelope);
+        }
+        let Some(c) = self.contacts.get_mut(&sender) else {
+            self.stats.hidden += 1;
+            return;
+        };
+        c.client_version = Some(envelope.client_version.clone());
+        // Order: envelopes are numbered by the sender per conversation.
+        if envelope.seq < c.next_seq_in || c.seen_ahead.contains(&envelope.seq) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if envelope.seq > c.next_seq_in {
+            if c.held.len() >= MAX_HELD || c.held.contains_key(&envelope.seq) {
+                self.stats.duplicates += 1;
+                return;
+            }
+            let Ok(bytes) = envelope.encode() else {
+                self.stats.malformed += 1;
+                return;
+            };
+            c.held.insert(envelope.seq, (now, bytes));
+            return;
+        }
+        c.next_seq_in += 1;
+        self.apply(now, sender, envelope);
+        self.release_held(sender, now, false);
+    }
+
+    /// Applies the held envelopes that are next in line (or, when `skip` is
+    /// set, the oldest ones even across a gap).
+    fn release_held(&mut self, sender: Address, now: Time, skip: bool) {
+        loop {
+            let Some(c) = self.contacts.get_mut(&sender) else {
+                return;
+            };
+            let Some((&seq, (held_at, _))) = c.held.iter().next() else {
+                return;
+            };
+            let overdue = skip && now.saturating_since(*held_at) >= self.config.reorder_timeout;
+            if seq != c.next_seq_in && !overdue {
+                return;
+            }
+            if seq != c.next_seq_in {
+                self.stats.gaps_skipped += 1;
+            }
+            let Some((_, bytes)) = c.held.remove(&seq) else {
+                return;
+            };
+            c.next_seq_in = seq + 1;
+            if let Ok(envelope) = Envelope::decode(&bytes) {
+                self.apply(now, sender, envelope);
+            }
+        }
+    }
+
+    fn new_request(&mut self, sender: Address, envelope: Envelope) {
+        let Ok(request) = postcard::from_bytes::<RequestBody>(&envelope.body) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if request.reply.validate().is_err() || self.contacts.len() >= MAX_CONTACTS {
+            self.stats.malformed += 1;
+            return;
+        }
+        // Their suggested name, made unique among the contacts.
+        let base = sanitize_name(&request.name);
+        let mut name = base.clone();
+        let mut n = 2;
+        while self.contacts.values().any(|c| c.name == name) {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        let curve_key = self
+            .sessions
+            .get(&sender)
+            .and_then(|s| s.first().map(|s| s.session_keys().identity_key.to_bytes()));
+        let text = request.text.map(|t| truncate(&t, MAX_TEXT));
+        self.contacts.insert(
+            sender,
+            Contact {
+                address: sender,
+                name: name.clone(),
+                state: ContactState::RequestReceived,
+                curve_key,
+                mixnet: Some(request.reply),
+                client_version: Some(envelope.client_version),
+                verified: false,
+                key_changed: false,
+                request_text: text.clone(),
+                next_seq_out: 1,
+                next_seq_in: envelope.seq + 1,
+                held: BTreeMap::new(),
+                seen_ahead: Vec::new(),
+                lookup_at: None,
+            },
+        );
+        self.dirty = true;
+        self.events.push_back(MessengerEvent::ContactRequest {
+            from: sender,
+            name,
+            text,
+        });
+    }
+
+    fn apply(&mut self, now: Time, sender: Address, envelope: Envelope) {
+        let Some(c) = self.contacts.get_mut(&sender) else {
+            return;
+        };
+        self.dirty = true;
+        match (envelope.kind, c.state) {
+            (Kind::Accept, ContactState::RequestSent | ContactState::DeniedByThem) => {
+                c.state = ContactState::Accepted;
+                self.events
+                    .push_back(MessengerEvent::ContactAccepted { contact: sender });
+            }
+            (Kind::Deny, ContactState::RequestSent) => {
+                c.state = ContactState::DeniedByThem;
+                self.events
+                    .push_back(MessengerEvent::ContactDenied { contact: sender });
+            }
+            (Kind::Text, ContactState::Accepted) => {
+                let text = String::from_utf8_lossy(&envelope.body).into_owned();
+                self.events.push_back(MessengerEvent::Message {
+                    from: sender,
+                    id: envelope.id,
+                    seq: envelope.seq,
+                    sent_at: envelope.timestamp,
+                    text,
+                });
+            }
+            (
+                Kind::ContactRequest,
+                ContactState::Accepted | ContactState::RequestSent | ContactState::LookingUp,
+            ) => {
+                // Both asked each other at once, or they lost their state and
+                // ask again: they are welcome, so answer with an acceptance
+                // on their session.
+                if let Ok(request) = postcard::from_bytes::<RequestBody>(&envelope.body)
+                    && request.reply.validate().is_ok()
+                {
+                    c.mixnet = Some(request.reply);
+                }
+                if c.mixnet.is_none() {
+                    self.stats.malformed += 1;
+                    return;
+                }
+                if c.state != ContactState::Accepted {
+                    c.state = ContactState::Accepted;
+                    c.lookup_at = None;
+                    self.events
+                        .push_back(MessengerEvent::ContactAccepted { contact: sender });
+                }
+                let _ = self.send_envelope(now, sender, Kind::Accept, Vec::new(), false);
+            }
+            _ => self.stats.hidden += 1,
+        }
+    }
+
+    /// Advances time: retries of lookups, descriptor publication, held
+    /// messages whose gap is overdue.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let due: Vec<Address> = self
+            .contacts
+            .values()
+            .filter(|c| c.state == ContactState::LookingUp && c.lookup_at.is_some_and(|t| t <= now))
+            .map(|c| c.address)
+            .collect();
+        for a in due {
+            self.lookup(now, a);
+        }
+        let with_held: Vec<Address> = self
+            .contacts
+            .values()
+            .filter(|c| !c.held.is_empty())
+            .map(|c| c.address)
+            .collect();
+        for a in with_held {
+            self.release_held(a, now, true);
+        }
+        self.reassembler.expire(now);
+        if self.mixnet.is_some() && self.next_publish.is_none_or(|t| t <= now) {
+            self.publish(now);
+        }
+    }
+
+    fn publish(&mut self, now: Time) {
+        let Some(mixnet) = self.mixnet.clone() else {
+            return;
+        };
+        let period = self.config.descriptor_period;
+        let lifetime = period * 2;
+        let Ok(descriptor) = self.account.descriptor(
+            now,
+            self.config.network,
+            mixnet,
+            &self.config.client_version,
+            lifetime,
+        ) else {
+            return;
+        };
+        let Ok(plain) = descriptor.encode() else {
+            return;
+        };
+        let address = self.address();
+        let p = period_at(now, period);
+        for p in [p, p + 1] {
+            let key = descriptor_dht_key(&self.config.network, &address, p);
+            let value = seal_descriptor(&mut self.rng, &self.config.network, &address, p, &plain);
+            self.actions.push_back(Action::Publish {
+                key,
+                value,
+                expires: descriptor.body.expires,
+            });
+        }
+        self.dirty = true;
+        // Again a few times per period, so a lost record is soon replaced.
+        self.next_publish = Some(now + period / 8);
+    }
+
+    /// When to call [`Messenger::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let lookups = self.contacts.values().filter_map(|c| c.lookup_at);
+        let held = self.contacts.values().filter_map(|c| {
+            c.held
+                .values()
+                .next()
+                .map(|(t, _)| *t + self.config.reorder_timeout)
+        });
+        lookups
+            .chain(held)
+            .chain(self.next_publish)
+            .min()
+            .or(self.mixnet.as_ref().map(|_| Time(0)))
+    }
+
+    /// The next thing for the driver to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event for the user.
+    pub fn poll_event(&mut self) -> Option<MessengerEvent> {
+        self.events.pop_front()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn sanitize_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .trim()
+        .to_string();
+    let cleaned = truncate(&cleaned, MAX_NAME - 4);
+    if cleaned.is_empty() || cleaned.parse::<Address>().is_ok() {
+        "someone".into()
+    } else {
+        cleaned
+    }
+}

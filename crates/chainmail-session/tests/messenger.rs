@@ -1,0 +1,556 @@
+//! Messenger cores talking through a simulated network: a DHT, stamps
+//! minted in place, and a wire that loses, duplicates and reorders
+//! fragments (lost ones are sent again later, as the mixnet client does).
+//! Deterministic by seed; no sockets, no clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chainmail_mixnet::Time;
+use chainmail_mixnet::message::ClientAddress;
+use chainmail_packet::{MailboxId, NodeId};
+use chainmail_session::{
+    Account, Action, Address, ContactState, MessageState, Messenger, MessengerConfig,
+    MessengerEvent, MessengerState, Stamp,
+};
+use ed25519_dalek::SigningKey;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const START: Time = Time(1_800_000_000_000);
+const NETWORK: [u8; 32] = [42; 32];
+
+struct User {
+    messenger: Messenger,
+    seal: [u8; 32],
+    events: Vec<MessengerEvent>,
+}
+
+struct InFlight {
+    at: Time,
+    to: usize,
+    from: usize,
+    body: Vec<u8>,
+    mixnet_id: [u8; 16],
+}
+
+struct World {
+    now: Time,
+    rng: StdRng,
+    users: Vec<User>,
+    dht: HashMap<[u8; 32], Vec<u8>>,
+    wire: Vec<InFlight>,
+    loss: f64,
+    duplicate: f64,
+    delivered_fragments: u64,
+    lost_fragments: u64,
+}
+
+fn config(difficulty: u8) -> MessengerConfig {
+    let mut c = MessengerConfig::new(NETWORK);
+    c.stamp_difficulty = difficulty;
+    c.reorder_timeout = Duration::from_secs(600);
+    c
+}
+
+impl World {
+    fn new(seed: u64, loss: f64, duplicate: f64) -> Self {
+        World {
+            now: START,
+            rng: StdRng::seed_from_u64(seed),
+            users: Vec::new(),
+            dht: HashMap::new(),
+            wire: Vec::new(),
+            loss,
+            duplicate,
+            delivered_fragments: 0,
+            lost_fragments: 0,
+        }
+    }
+
+    fn add_user(&mut self, name: &str, difficulty: u8) -> usize {
+        let account = Account::generate(&mut self.rng);
+        self.add_user_with(name, account, config(difficulty))
+    }
+
+    fn add_user_with(&mut self, name: &str, account: Account, config: MessengerConfig) -> usize {
+        let mut messenger = Messenger::new(config, account, name, self.rng.random());
+        let seal: [u8; 32] = self.rng.random();
+        messenger.set_mixnet_address(ClientAddress {
+            seal_key: seal,
+            mailboxes: vec![
+                (NodeId(self.rng.random()), MailboxId(self.rng.random())),
+                (NodeId(self.rng.random()), MailboxId(self.rng.random())),
+            ],
+        });
+        self.users.push(User {
+            messenger,
+            seal,
+            events: Vec::new(),
+        });
+        self.users.len() - 1
+    }
+
+    fn address(&self, u: usize) -> Address {
+        self.users[u].messenger.address()
+    }
+
+    fn user_by_seal(&self, seal: &[u8; 32]) -> Option<usize> {
+        self.users.iter().position(|u| &u.seal == seal)
+    }
+
+    /// Carries out every action of every user, repeatedly, until none is
+    /// left.
+    fn drain(&mut self) {
+        loop {
+            let mut any = false;
+            for u in 0..self.users.len() {
+                self.users[u].messenger.handle_timeout(self.now);
+                while let Some(action) = self.users[u].messenger.poll_action() {
+                    any = true;
+                    self.act(u, action);
+                }
+                while let Some(e) = self.users[u].messenger.poll_event() {
+                    self.users[u].events.push(e);
+                }
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn act(&mut self, u: usize, action: Action) {
+        let m = &mut self.users[u].messenger;
+        match action {
+            Action::Publish { key, value, .. } => {
+                self.dht.insert(key, value);
+            }
+            Action::Lookup { address, keys } => {
+                for (period, key) in keys {
+                    if let Some(v) = self.dht.get(&key) {
+                        m.handle_descriptor(self.now, address, period, v);
+                    }
+                }
+                m.handle_lookup_done(self.now, address);
+            }
+            Action::MintStamp {
+                job,
+                challenge,
+                day,
+                difficulty,
+            } => {
+                let stamp = Stamp::mint(&challenge, day, difficulty, |_| true).unwrap();
+                m.handle_stamp(job, stamp);
+            }
+            Action::Transmit { tag, to, body } => {
+                let mixnet_id: [u8; 16] = self.rng.random();
+                m.handle_transmitted(tag, mixnet_id);
+                let Some(to) = self.user_by_seal(&to.seal_key) else {
+                    return;
+                };
+                let delay = self.rng.random_range(50..3000);
+                self.wire.push(InFlight {
+                    at: self.now + Duration::from_millis(delay),
+                    to,
+                    from: u,
+                    body,
+                    mixnet_id,
+                });
+            }
+        }
+    }
+
+    /// Runs the wire for `d`, 100 ms at a time.
+    fn run(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now = self.now + Duration::from_millis(100);
+            let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.wire)
+                .into_iter()
+                .partition(|f| f.at <= self.now);
+            self.wire = rest;
+            for f in due {
+                if self.rng.random_bool(self.loss) {
+                    // Lost: the sender's mixnet client sends it again after
+                    // its acknowledgement timeout.
+                    self.lost_fragments += 1;
+                    self.wire.push(InFlight {
+                        at: self.now + Duration::from_secs(10),
+                        ..f
+                    });
+                    continue;
+                }
+                self.delivered_fragments += 1;
+                self.users[f.to]
+                    .messenger
+                    .handle_received(self.now, &f.body);
+                if self.rng.random_bool(self.duplicate) {
+                    self.users[f.to]
+                        .messenger
+                        .handle_received(self.now, &f.body);
+                }
+                self.users[f.from]
+                    .messenger
+                    .handle_mixnet_delivered(&f.mixnet_id);
+            }
+            self.drain();
+        }
+    }
+
+    fn run_until_quiet(&mut self) {
+        self.drain();
+        for _ in 0..600 {
+            if self.wire.is_empty() {
+                return;
+            }
+            self.run(Duration::from_secs(1));
+        }
+        panic!("the wire never went quiet");
+    }
+
+    fn texts(&self, u: usize, from: usize) -> Vec<String> {
+        let from = self.address(from);
+        self.users[u]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                MessengerEvent::Message { from: f, text, .. } if *f == from => Some(text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn states(&self, u: usize) -> HashMap<[u8; 16], MessageState> {
+        let mut out = HashMap::new();
+        for e in &self.users[u].events {
+            if let MessengerEvent::MessageState { id, state, .. } = e {
+                out.insert(*id, *state);
+            }
+        }
+        out
+    }
+
+    /// Restarts user `u` from its stored state.
+    fn restart(&mut self, u: usize, difficulty: u8) {
+        let json = serde_json::to_vec(&self.users[u].messenger.state()).unwrap();
+        let state: MessengerState = serde_json::from_slice(&json).unwrap();
+        let mixnet_seal = self.users[u].seal;
+        let mut m = Messenger::from_state(config(difficulty), state, self.rng.random()).unwrap();
+        // The driver sets the mixnet address again at start.
+        m.set_mixnet_address(ClientAddress {
+            seal_key: mixnet_seal,
+            mailboxes: vec![
+                (NodeId([1; 32]), MailboxId([1; 32])),
+                (NodeId([2; 32]), MailboxId([2; 32])),
+            ],
+        });
+        self.users[u].messenger = m;
+    }
+
+    /// Alice (0) asks bob (1); bob accepts.
+    fn connect(&mut self, a: usize, b: usize, text: Option<&str>) {
+        self.drain();
+        let bob = self.address(b);
+        let name = format!("user{b}");
+        self.users[a]
+            .messenger
+            .add_contact(self.now, bob, &name, text)
+            .unwrap();
+        self.run_until_quiet();
+        let alice = self.address(a);
+        assert!(
+            self.users[b].events.iter().any(|e| matches!(
+                e,
+                MessengerEvent::ContactRequest { from, .. } if *from == alice
+            )),
+            "the request arrived"
+        );
+        self.users[b].messenger.accept(self.now, &alice).unwrap();
+        self.run_until_quiet();
+        assert_eq!(
+            self.users[a].messenger.contact(&bob).unwrap().state,
+            ContactState::Accepted
+        );
+    }
+}
+
+#[test]
+fn request_accept_and_a_conversation_through_loss_duplication_and_reordering() {
+    let mut w = World::new(1, 0.1, 0.05);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, Some("hi, it's alice from the conference"));
+    let request_text = w.users[bob]
+        .messenger
+        .contact(&w.address(alice))
+        .unwrap()
+        .request_text
+        .clone();
+    assert_eq!(
+        request_text.as_deref(),
+        Some("hi, it's alice from the conference")
+    );
+    let long: String = (0..2500)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    let mut expect_bob = Vec::new();
+    let mut expect_alice = Vec::new();
+    for k in 0..50 {
+        let t = if k == 25 {
+            long.clone()
+        } else {
+            format!("a{k}")
+        };
+        w.users[alice]
+            .messenger
+            .send_text(w.now, &b_addr, &t)
+            .unwrap();
+        expect_bob.push(t);
+        let t = format!("b{k}");
+        w.users[bob]
+            .messenger
+            .send_text(w.now, &a_addr, &t)
+            .unwrap();
+        expect_alice.push(t);
+        w.drain();
+        w.run(Duration::from_millis(700));
+    }
+    w.run_until_quiet();
+    assert!(w.lost_fragments > 10, "the wire lost fragments");
+    assert_eq!(w.texts(bob, alice), expect_bob, "exactly once, in order");
+    assert_eq!(w.texts(alice, bob), expect_alice, "exactly once, in order");
+    for u in [alice, bob] {
+        let states = w.states(u);
+        assert!(states.len() >= 50);
+        assert!(
+            states.values().all(|s| *s == MessageState::Delivered),
+            "{states:?}"
+        );
+        assert!(
+            w.users[u].messenger.stats().duplicates + w.users[u].messenger.stats().malformed < 1000
+        );
+    }
+    // The two sides compute the same safety number.
+    let a = w.users[alice].messenger.safety_number(&b_addr).unwrap();
+    let b = w.users[bob].messenger.safety_number(&a_addr).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_denied_request_tells_the_sender_and_nothing_gets_through() {
+    let mut w = World::new(2, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.drain();
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    w.users[alice]
+        .messenger
+        .add_contact(w.now, b_addr, "bob", Some("buy my stuff"))
+        .unwrap();
+    w.run_until_quiet();
+    w.users[bob].messenger.deny(w.now, &a_addr).unwrap();
+    w.run_until_quiet();
+    assert!(
+        w.users[alice]
+            .events
+            .contains(&MessengerEvent::ContactDenied { contact: b_addr })
+    );
+    assert_eq!(
+        w.users[alice].messenger.contact(&b_addr).unwrap().state,
+        ContactState::DeniedByThem
+    );
+    let err = w.users[alice]
+        .messenger
+        .send_text(w.now, &b_addr, "please")
+        .unwrap_err();
+    assert!(err.to_string().contains("not accepted"), "{err}");
+}
+
+#[test]
+fn an_ignored_request_tells_nobody() {
+    let mut w = World::new(3, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.drain();
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    w.users[alice]
+        .messenger
+        .add_contact(w.now, b_addr, "bob", None)
+        .unwrap();
+    w.run_until_quiet();
+    w.users[bob].messenger.ignore(&a_addr).unwrap();
+    w.run_until_quiet();
+    assert_eq!(
+        w.users[alice].messenger.contact(&b_addr).unwrap().state,
+        ContactState::RequestSent
+    );
+    assert!(!w.users[alice].events.iter().any(|e| matches!(
+        e,
+        MessengerEvent::ContactDenied { .. } | MessengerEvent::ContactAccepted { .. }
+    )));
+}
+
+#[test]
+fn a_strangers_request_without_enough_work_is_rejected() {
+    let mut w = World::new(4, 0.0, 0.0);
+    // Mallory's client mints no stamps; bob asks for 12 bits.
+    let mallory = w.add_user("mallory", 0);
+    let bob = w.add_user("bob", 12);
+    w.drain();
+    let b_addr = w.address(bob);
+    w.users[mallory]
+        .messenger
+        .add_contact(w.now, b_addr, "bob", Some("spam"))
+        .unwrap();
+    w.run_until_quiet();
+    assert_eq!(w.users[bob].messenger.stats().rejected_stamp, 1);
+    assert!(
+        !w.users[bob]
+            .events
+            .iter()
+            .any(|e| matches!(e, MessengerEvent::ContactRequest { .. }))
+    );
+    assert!(w.users[bob].messenger.contacts().next().is_none());
+}
+
+#[test]
+fn a_contact_on_a_new_device_is_a_loud_key_change() {
+    let mut w = World::new(5, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    w.users[alice]
+        .messenger
+        .set_verified(&b_addr, true)
+        .unwrap();
+    let before = w.users[alice].messenger.safety_number(&b_addr).unwrap();
+    // Bob moves his identity to a new device: same address, new Olm keys,
+    // no sessions. He asks alice again.
+    let seed = w.users[bob].messenger.account().identity_seed();
+    let new_bob = w.add_user_with(
+        "bob",
+        Account::new(SigningKey::from_bytes(&seed)),
+        config(8),
+    );
+    assert_eq!(w.address(new_bob), b_addr);
+    w.users[bob].seal = [0; 32]; // the old device is gone
+    w.drain();
+    w.users[new_bob]
+        .messenger
+        .add_contact(w.now, a_addr, "alice", None)
+        .unwrap();
+    w.run_until_quiet();
+    assert!(
+        w.users[alice]
+            .events
+            .contains(&MessengerEvent::KeyChanged { contact: b_addr })
+    );
+    let c = w.users[alice].messenger.contact(&b_addr).unwrap();
+    assert!(c.key_changed && !c.verified, "verification is withdrawn");
+    assert_ne!(
+        w.users[alice].messenger.safety_number(&b_addr).unwrap(),
+        before
+    );
+    // Known contact: the new device is accepted and the talk goes on.
+    assert_eq!(
+        w.users[new_bob].messenger.contact(&a_addr).unwrap().state,
+        ContactState::Accepted
+    );
+    w.users[new_bob]
+        .messenger
+        .send_text(w.now, &a_addr, "new phone")
+        .unwrap();
+    w.users[alice]
+        .messenger
+        .send_text(w.now, &b_addr, "welcome back")
+        .unwrap();
+    w.run_until_quiet();
+    assert_eq!(w.texts(alice, new_bob), ["new phone"]);
+    assert_eq!(w.texts(new_bob, alice), ["welcome back"]);
+}
+
+#[test]
+fn sessions_and_contacts_survive_a_restart_mid_conversation() {
+    let mut w = World::new(6, 0.05, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    for k in 0..5 {
+        w.users[alice]
+            .messenger
+            .send_text(w.now, &b_addr, &format!("x{k}"))
+            .unwrap();
+    }
+    w.run(Duration::from_millis(500));
+    // Both restart with fragments in flight.
+    w.restart(alice, 8);
+    w.restart(bob, 8);
+    for k in 5..10 {
+        w.users[alice]
+            .messenger
+            .send_text(w.now, &b_addr, &format!("x{k}"))
+            .unwrap();
+        w.users[bob]
+            .messenger
+            .send_text(w.now, &a_addr, &format!("y{k}"))
+            .unwrap();
+    }
+    w.run_until_quiet();
+    let expected: Vec<String> = (0..10).map(|k| format!("x{k}")).collect();
+    assert_eq!(w.texts(bob, alice), expected);
+    let expected: Vec<String> = (5..10).map(|k| format!("y{k}")).collect();
+    assert_eq!(w.texts(alice, bob), expected);
+}
+
+#[test]
+fn two_people_adding_each_other_at_once_end_up_talking() {
+    let mut w = World::new(7, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.drain();
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    w.users[alice]
+        .messenger
+        .add_contact(w.now, b_addr, "bob", None)
+        .unwrap();
+    w.users[bob]
+        .messenger
+        .add_contact(w.now, a_addr, "alice", None)
+        .unwrap();
+    w.run_until_quiet();
+    for (u, other) in [(alice, b_addr), (bob, a_addr)] {
+        assert_eq!(
+            w.users[u].messenger.contact(&other).unwrap().state,
+            ContactState::Accepted
+        );
+    }
+    w.users[alice]
+        .messenger
+        .send_text(w.now, &b_addr, "hello")
+        .unwrap();
+    w.users[bob]
+        .messenger
+        .send_text(w.now, &a_addr, "hi")
+        .unwrap();
+    w.run_until_quiet();
+    assert_eq!(w.texts(bob, alice), ["hello"]);
+    assert_eq!(w.texts(alice, bob), ["hi"]);
+}
+
+#[test]
+fn the_api_refuses_what_makes_no_sense() {
+    let mut w = World::new(8, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.drain();
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    let m = &mut w.users[alice].messenger;
+    assert!(m.add_contact(START, a_addr, "me", None).is_err(), "self");
+    assert!(m.send_text(START, &b_addr, "x").is_err(), "not a contact");
+    m.add_contact(START, b_addr, "bob", None).unwrap();
+    assert!(m.add_contact(START, b_addr, "bob2", None).is_err(), "twice");
+    assert!(
+        m.send_text(START, &b_addr, "x").is_err(),
+        "not accepted yet"
+    );
+    assert!(m.accept(START, &b_addr).is_err(), "no request from bob");
+    assert!(m.set_verified(&b_addr, true).is_err(), "keys unknown");
+    let _ = bob;
+}
