@@ -5,6 +5,8 @@
 //! - `POST /v1/send` `{"to": ADDRESS, "text": TEXT}`: queue a message
 //! - `GET /v1/events?after=N&wait_ms=M`: the client's event log after N,
 //!   waiting up to M ms for something new
+//! - `POST /v1/account` `{"op": ...}`: the account's requests (contacts,
+//!   messages, inbox, safety numbers; see `account::AccountRequest`)
 //! - `GET /metrics`: Prometheus text
 
 use std::fmt::Write as _;
@@ -63,6 +65,7 @@ pub(crate) async fn serve(
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/send", post(send))
+        .route("/v1/account", post(account))
         .route("/v1/events", get(events_handler))
         .route("/metrics", get(metrics))
         .with_state(state);
@@ -105,6 +108,25 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     match call(&state, ApiCall::Status).await {
         Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<crate::account::AccountRequest>,
+) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    match call(&state, |reply| ApiCall::Account { request, reply }).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
         Err(r) => r,
     }
 }

@@ -5,8 +5,10 @@
 // read (the cores take `now` as an input and keep the ban).
 #![allow(clippy::disallowed_methods)]
 
+mod account;
 mod api;
 mod api_client;
+mod cli;
 mod demo;
 mod network;
 mod runtime;
@@ -81,17 +83,85 @@ enum Command {
     /// Run a node: a mix and provider for the network, and (with --client)
     /// its user's client. Runs until interrupted.
     Node(NodeArgs),
-    /// Show a running node's status (directory, peers, the client's address).
-    Status(DataDirArg),
-    /// Send a message through the mixnet from a running node's client.
+    /// Create your account in a data directory (before starting the node
+    /// there). Without --passphrase-file or --key-file a key file is made
+    /// in the data directory.
+    Init {
+        /// The network file.
+        #[arg(long)]
+        network: PathBuf,
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The name your contacts see in your requests.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        unlock: UnlockArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show your address (give it to people who should reach you).
+    Whoami {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Contacts: add (a request), list, requests, accept, deny, ignore.
+    #[command(subcommand)]
+    Contact(cli::ContactCommand),
+    /// Send a text to a contact (by name), or with --to a raw message to a
+    /// mixnet address.
     Send {
         #[command(flatten)]
         data: DataDirArg,
-        /// The recipient's address (`chainmail status` prints a node's).
+        /// A mixnet address (cmx1…) for a raw message without a session.
         #[arg(long)]
-        to: String,
-        /// The text.
-        text: String,
+        to: Option<String>,
+        /// The contact's name, then the text (or only the text with --to).
+        #[arg(required = true, num_args = 1..=2)]
+        words: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages and contact events, oldest first.
+    Inbox {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Only entries after this position.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep waiting for new entries.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON (one object per line).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A contact's safety number, to compare with theirs in person;
+    /// --mark records that you did and they matched.
+    Verify {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The contact.
+        name: String,
+        /// Mark the contact verified.
+        #[arg(long)]
+        mark: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A running node's status, and the state of the messages you sent.
+    Status {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the client's events: messages received, delivered, failed.
     Events {
@@ -107,10 +177,31 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct DataDirArg {
+pub(crate) struct DataDirArg {
     /// The node's data directory.
     #[arg(long)]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+}
+
+/// How the account's vault is unlocked.
+#[derive(clap::Args, Clone, Debug)]
+struct UnlockArgs {
+    /// File whose first line is the passphrase of the account.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Key file of the account (default: account.key in the data
+    /// directory, if there is one).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    key_file: Option<PathBuf>,
+}
+
+impl UnlockArgs {
+    fn unlock(&self) -> account::Unlock {
+        account::Unlock {
+            passphrase_file: self.passphrase_file.clone(),
+            key_file: self.key_file.clone(),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -148,6 +239,8 @@ struct NodeArgs {
     /// counted; a peer that keeps flooding is cut off).
     #[arg(long, default_value_t = 1000)]
     peer_packet_rate: u32,
+    #[command(flatten)]
+    unlock: UnlockArgs,
 }
 
 fn parse_preset(text: &str) -> Result<Preset, String> {
@@ -278,22 +371,46 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
                 api_port: args.api_port,
                 descriptor_refresh: Duration::from_secs(args.descriptor_refresh_secs.max(1)),
                 peer_packet_rate: args.peer_packet_rate.max(1),
+                unlock: args.unlock.unlock(),
             };
             if !opts.providers.is_empty() && opts.providers.len() < 2 {
                 bail!("give at least two --providers, so that one can fail without losing mail");
             }
             runtime::run_node(opts, shutdown_signal()).await?;
         }
-        Command::Status(data) => {
-            let status: serde_json::Value = api_client::get(&data.data_dir, "/v1/status").await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
+        Command::Init {
+            network,
+            data,
+            name,
+            unlock,
+            json,
+        } => {
+            let network = NetworkFile::load(&network)?;
+            let (address, key_file) =
+                account::init(&data.data_dir, &network, &name, &unlock.unlock())?;
+            cli::print_init(&address, key_file.as_deref(), json)?;
         }
-        Command::Send { data, to, text } => {
-            let body = serde_json::json!({ "to": to, "text": text });
-            let reply: serde_json::Value =
-                api_client::post(&data.data_dir, "/v1/send", &body).await?;
-            println!("{}", reply["id"].as_str().unwrap_or_default());
-        }
+        Command::Whoami { data, json } => cli::whoami(&data, json).await?,
+        Command::Contact(command) => cli::contact(command).await?,
+        Command::Send {
+            data,
+            to,
+            words,
+            json,
+        } => cli::send(&data, to, words, json).await?,
+        Command::Inbox {
+            data,
+            after,
+            follow,
+            json,
+        } => cli::inbox(&data, after, follow, json).await?,
+        Command::Verify {
+            data,
+            name,
+            mark,
+            json,
+        } => cli::verify(&data, &name, mark, json).await?,
+        Command::Status { data, json } => cli::status(&data, json).await?,
         Command::Events {
             data,
             after,

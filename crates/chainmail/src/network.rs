@@ -22,6 +22,30 @@ pub(crate) struct NetworkFile {
     /// Mailboxes at providers.
     #[serde(default)]
     pub(crate) mailboxes: MailboxSection,
+    /// Accounts and contact requests.
+    #[serde(default)]
+    pub(crate) accounts: AccountSection,
+}
+
+/// `[accounts]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AccountSection {
+    /// Leading zero bits of the proof-of-work stamp a stranger's contact
+    /// request must carry (0 to 32; each bit doubles the sender's work).
+    pub(crate) stamp_difficulty: u8,
+    /// Hours per period of the blinded keys account descriptors are
+    /// published under.
+    pub(crate) descriptor_period_hours: u64,
+}
+
+impl Default for AccountSection {
+    fn default() -> Self {
+        AccountSection {
+            stamp_difficulty: 18,
+            descriptor_period_hours: 24,
+        }
+    }
 }
 
 /// `[network]`
@@ -224,6 +248,15 @@ impl NetworkFile {
             descriptor_lifetime: (epoch_length * 3).max(Duration::from_secs(600)),
         };
         params.validate()?;
+        if self.accounts.stamp_difficulty > chainmail_session::MAX_DIFFICULTY {
+            return Err(format!(
+                "stamp difficulty must be at most {} bits",
+                chainmail_session::MAX_DIFFICULTY
+            ));
+        }
+        if self.accounts.descriptor_period_hours == 0 {
+            return Err("descriptor period must be at least 1 hour".into());
+        }
         if params.mailbox_ttl < Duration::from_secs(3600) {
             return Err("mailbox retention must be at least 1 hour".into());
         }

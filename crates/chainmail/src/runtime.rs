@@ -68,6 +68,8 @@ pub(crate) struct NodeOptions {
     pub(crate) descriptor_refresh: Duration,
     /// Most packets per second accepted from one peer.
     pub(crate) peer_packet_rate: u32,
+    /// How to unlock the account's vault.
+    pub(crate) unlock: crate::account::Unlock,
 }
 
 /// Where the local API listens and its token; written to `api.json` in the
@@ -96,6 +98,11 @@ pub(crate) enum ApiCall {
     },
     /// Prometheus metrics text.
     Metrics(oneshot::Sender<String>),
+    /// An account request from the CLI.
+    Account {
+        request: crate::account::AccountRequest,
+        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+    },
 }
 
 /// What `GET /v1/status` returns.
@@ -222,6 +229,19 @@ enum Internal {
         result: Result<Vec<u8>, String>,
     },
     Descriptors(Vec<Vec<u8>>),
+    /// A value found for an account lookup.
+    AccountDescriptor {
+        address: chainmail_session::Address,
+        period: u64,
+        value: Vec<u8>,
+    },
+    /// An account lookup ended.
+    LookupDone(chainmail_session::Address),
+    /// A stamp was minted.
+    Stamp {
+        job: u64,
+        stamp: chainmail_session::Stamp,
+    },
 }
 
 struct Runtime {
@@ -232,6 +252,7 @@ struct Runtime {
     id: NodeId,
     node: Option<Node<RedbMailboxes>>,
     client: Option<Client>,
+    account: Option<crate::account::AccountDriver>,
     descriptors: DescriptorSet,
     directory_epoch: Option<Epoch>,
     current_directory: Option<Arc<EpochDirectory>>,
@@ -356,6 +377,7 @@ pub(crate) async fn run_node(
         id,
         node,
         client: None,
+        account: None,
         directory_epoch: None,
         current_directory: None,
         known_addresses: HashMap::new(),
@@ -368,6 +390,18 @@ pub(crate) async fn run_node(
         event_seq,
         stored_cursors: Vec::new(),
     };
+    if rt.opts.client {
+        rt.account = crate::account::AccountDriver::open(
+            rt.store.clone(),
+            &rt.opts.network,
+            &rt.opts.data_dir,
+            &rt.opts.unlock,
+        )
+        .context("opening the account (chainmail init creates one)")?;
+        if let Some(a) = &rt.account {
+            info!(account = %a.messenger.address().short(), "account unlocked");
+        }
+    }
     rt.load_client()?;
 
     tokio::pin!(shutdown);
@@ -402,7 +436,7 @@ pub(crate) async fn run_node(
     Ok(())
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
@@ -424,9 +458,14 @@ impl Runtime {
     fn next_wake(&self, now: Time) -> Time {
         let node = self.node.as_ref().and_then(|n| n.poll_timeout());
         let client = self.client.as_ref().and_then(|c| c.poll_timeout());
+        let account = self
+            .account
+            .as_ref()
+            .and_then(|a| a.messenger.poll_timeout());
         [
             node,
             client,
+            account,
             Some(self.next_publish),
             Some(now + Duration::from_secs(1)),
         ]
@@ -480,6 +519,9 @@ impl Runtime {
             );
         }
         info!(address = %client.address().to_text(), "client ready");
+        if let Some(account) = &mut self.account {
+            account.messenger.set_mixnet_address(client.address());
+        }
         self.client = Some(client);
     }
 
@@ -622,6 +664,25 @@ impl Runtime {
                     self.learn_descriptor(now, bytes);
                 }
             }
+            Internal::AccountDescriptor {
+                address,
+                period,
+                value,
+            } => {
+                if let Some(a) = &mut self.account {
+                    a.messenger.handle_descriptor(now, address, period, &value);
+                }
+            }
+            Internal::LookupDone(address) => {
+                if let Some(a) = &mut self.account {
+                    a.messenger.handle_lookup_done(now, address);
+                }
+            }
+            Internal::Stamp { job, stamp } => {
+                if let Some(a) = &mut self.account {
+                    a.messenger.handle_stamp(job, stamp);
+                }
+            }
         }
     }
 
@@ -646,6 +707,18 @@ impl Runtime {
             }
             ApiCall::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
+            }
+            ApiCall::Account { request, reply } => {
+                let result = match &mut self.account {
+                    Some(a) => a.handle(now, request),
+                    None => Err(if self.opts.client {
+                        "this node has no account: stop it, run `chainmail init`, start it again"
+                            .into()
+                    } else {
+                        "this node runs without --client, so it has no account".into()
+                    }),
+                };
+                let _ = reply.send(result);
             }
         }
     }
@@ -694,6 +767,11 @@ impl Runtime {
             && client.poll_timeout().is_some_and(|t| t <= now)
         {
             client.handle_timeout(now);
+        }
+        if let Some(account) = &mut self.account
+            && account.messenger.poll_timeout().is_some_and(|t| t <= now)
+        {
+            account.messenger.handle_timeout(now);
         }
         if now >= self.next_publish {
             self.next_publish = now + self.opts.descriptor_refresh;
@@ -824,12 +902,36 @@ impl Runtime {
         }
         if let Some(client) = &mut self.client {
             while let Some(event) = client.poll_event() {
+                // Session traffic goes to the account; the rest (raw sends)
+                // to the event log.
+                if let Some(account) = &mut self.account {
+                    match &event {
+                        ClientEvent::Received { body, .. }
+                            if chainmail_session::Fragment::decode(body).is_ok() =>
+                        {
+                            account.messenger.handle_received(now, body);
+                            continue;
+                        }
+                        ClientEvent::Delivered { id, .. } => {
+                            account.messenger.handle_mixnet_delivered(id)
+                        }
+                        ClientEvent::Failed { id } => account.messenger.handle_mixnet_failed(id),
+                        _ => {}
+                    }
+                }
                 if let Some(logged) = log_entry(now, &event, self.event_seq + 1) {
                     self.event_seq += 1;
                     let json = serde_json::to_vec(&logged)?;
                     self.store
                         .kv_put("events", &self.event_seq.to_be_bytes(), &json)?;
                 }
+            }
+            if let Some(account) = &mut self.account {
+                account.persist(now).context("storing the account")?;
+                while let Some(action) = account.messenger.poll_action() {
+                    run_account_action(now, &self.net, &self.internal_tx, client, account, action);
+                }
+                account.persist(now).context("storing the account")?;
             }
             // With the messages stored, the cursors move: the next fetch
             // deletes those items at the provider.
@@ -887,6 +989,70 @@ impl Runtime {
             return self.flush(now);
         }
         Ok(())
+    }
+}
+
+/// Carries out one action of the messenger core.
+fn run_account_action(
+    now: Time,
+    net: &NetHandle,
+    internal: &mpsc::Sender<Internal>,
+    client: &mut Client,
+    account: &mut crate::account::AccountDriver,
+    action: chainmail_session::Action,
+) {
+    use chainmail_session::Action;
+    match action {
+        Action::Transmit { tag, to, body } => match client.send(now, &to, &body) {
+            Ok(id) => account.messenger.handle_transmitted(tag, id),
+            Err(e) => {
+                warn!(error = %e, "the mixnet client refused a message");
+                account.messenger.handle_transmit_failed(tag);
+            }
+        },
+        Action::Publish { key, value, .. } => {
+            let net = net.clone();
+            tokio::spawn(async move {
+                if let Err(e) = net.put_record(key.to_vec(), value).await {
+                    debug!(error = %e, "account descriptor not stored in the DHT");
+                }
+            });
+        }
+        Action::Lookup { address, keys } => {
+            let net = net.clone();
+            let tx = internal.clone();
+            tokio::spawn(async move {
+                for (period, key) in keys {
+                    if let Ok(value) = net.get_record(key.to_vec()).await {
+                        let _ = tx
+                            .send(Internal::AccountDescriptor {
+                                address,
+                                period,
+                                value,
+                            })
+                            .await;
+                    }
+                }
+                let _ = tx.send(Internal::LookupDone(address)).await;
+            });
+        }
+        Action::MintStamp {
+            job,
+            challenge,
+            day,
+            difficulty,
+        } => {
+            let tx = internal.clone();
+            tokio::spawn(async move {
+                let minted = tokio::task::spawn_blocking(move || {
+                    chainmail_session::Stamp::mint(&challenge, day, difficulty, |_| true)
+                })
+                .await;
+                if let Ok(Some(stamp)) = minted {
+                    let _ = tx.send(Internal::Stamp { job, stamp }).await;
+                }
+            });
+        }
     }
 }
 

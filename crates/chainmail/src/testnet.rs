@@ -13,7 +13,9 @@ use chainmail_store::Store;
 use ed25519_dalek::SigningKey;
 use rand::RngExt;
 
-use crate::network::{EpochSection, MailboxSection, MixingSection, NetworkFile, NetworkSection};
+use crate::network::{
+    AccountSection, EpochSection, MailboxSection, MixingSection, NetworkFile, NetworkSection,
+};
 use crate::runtime::{Status, hex};
 
 /// One node of a local network.
@@ -128,6 +130,11 @@ impl Testnet {
                 ..MixingSection::default()
             },
             mailboxes: MailboxSection::default(),
+            // Local networks: a cheap stamp, so requests leave at once.
+            accounts: AccountSection {
+                stamp_difficulty: 12,
+                ..AccountSection::default()
+            },
         };
         file.params().map_err(|e| anyhow::anyhow!(e))?;
         let network_file = dir.join("network.toml");

@@ -47,7 +47,7 @@ fn cli(args: &[&str]) -> Result<String, String> {
 }
 
 fn status(dir: &Path) -> Option<Value> {
-    cli(&["status", "--data-dir", dir.to_str()?])
+    cli(&["status", "--json", "--data-dir", dir.to_str()?])
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
 }
@@ -388,4 +388,193 @@ fn messages_flow_across_key_rotations() {
         })
         .sum();
     assert_eq!(unknown_key, 0, "no packet met a node without its key");
+}
+
+fn cli_ok(args: &[&str]) -> String {
+    cli(args).unwrap_or_else(|e| panic!("chainmail {args:?} failed: {e}"))
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--json");
+    serde_json::from_str(&cli_ok(&all)).unwrap()
+}
+
+/// The account's inbox entries of one kind.
+fn inbox(dir: &Path, kind: &str) -> Vec<Value> {
+    cli_ok(&["inbox", "--json", "--data-dir", dir.to_str().unwrap()])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == kind)
+        .collect()
+}
+
+fn contact_state(dir: &Path, name: &str) -> Option<String> {
+    let list = cli_json(&["contact", "list", "--data-dir", dir.to_str().unwrap()]);
+    list.as_array()?
+        .iter()
+        .find(|c| c["name"] == name)
+        .and_then(|c| c["state"].as_str().map(String::from))
+}
+
+/// Accounts through the CLI only: alice asks bob, bob accepts, they talk
+/// (one message long enough for several packets); carol asks bob and is
+/// denied; safety numbers agree.
+#[test]
+fn accounts_request_accept_deny_and_talk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut procs = Procs(Vec::new());
+    let nodes = start_testnet(&mut procs, root, &[]);
+    let network = root.join("network.toml");
+    let mut addresses = HashMap::new();
+    for (name, a, b) in [("alice", 0, 1), ("bob", 2, 3), ("carol", 4, 5)] {
+        let dir = root.join(name);
+        let init = cli_json(&[
+            "init",
+            "--network",
+            network.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--name",
+            name,
+        ]);
+        let address = init["address"].as_str().unwrap().to_string();
+        assert!(address.starts_with("cm1"), "{init}");
+        // A second init refuses to overwrite the account.
+        assert!(
+            cli(&[
+                "init",
+                "--network",
+                network.to_str().unwrap(),
+                "--data-dir",
+                dir.to_str().unwrap(),
+                "--name",
+                name,
+            ])
+            .unwrap_err()
+            .contains("already has an account")
+        );
+        start_client(&mut procs, &network, &dir, &[&nodes[a].0, &nodes[b].0]);
+        let who = cli_json(&["whoami", "--data-dir", dir.to_str().unwrap()]);
+        assert_eq!(who["address"].as_str().unwrap(), address);
+        addresses.insert(name, address);
+    }
+    let (alice, bob, carol) = (root.join("alice"), root.join("bob"), root.join("carol"));
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+
+    // A mistyped address is refused before anything is looked up.
+    let mut typo = addresses["bob"].clone();
+    let last = typo.pop().unwrap();
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    let err = cli(&[
+        "contact",
+        "add",
+        &typo,
+        "--name",
+        "bob",
+        "--data-dir",
+        &d(&alice),
+    ])
+    .unwrap_err();
+    assert!(
+        err.contains("checksum") || err.contains("mistyped"),
+        "{err}"
+    );
+
+    cli_ok(&[
+        "contact",
+        "add",
+        &addresses["bob"],
+        "--name",
+        "bob",
+        "--message",
+        "hi bob, alice here",
+        "--data-dir",
+        &d(&alice),
+    ]);
+    cli_ok(&[
+        "contact",
+        "add",
+        &addresses["bob"],
+        "--name",
+        "bob",
+        "--data-dir",
+        &d(&carol),
+    ]);
+    wait_for("both requests at bob", Duration::from_secs(120), || {
+        let r = cli_json(&["contact", "requests", "--data-dir", &d(&bob)]);
+        (r.as_array().unwrap().len() == 2).then_some(())
+    });
+    let requests = inbox(&bob, "request");
+    let from_alice = requests
+        .iter()
+        .find(|r| r["contact"] == addresses["alice"].as_str())
+        .unwrap();
+    assert_eq!(from_alice["text"], "hi bob, alice here");
+    let alice_name = from_alice["name"].as_str().unwrap().to_string();
+    let carol_name = requests
+        .iter()
+        .find(|r| r["contact"] == addresses["carol"].as_str())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Nothing can be sent before acceptance.
+    assert!(
+        cli(&["send", "bob", "too early", "--data-dir", &d(&alice)])
+            .unwrap_err()
+            .contains("not accepted")
+    );
+    cli_ok(&["contact", "accept", &alice_name, "--data-dir", &d(&bob)]);
+    cli_ok(&["contact", "deny", &carol_name, "--data-dir", &d(&bob)]);
+    wait_for(
+        "alice accepted, carol denied",
+        Duration::from_secs(120),
+        || {
+            (contact_state(&alice, "bob").as_deref() == Some("accepted")
+                && contact_state(&carol, "bob").as_deref() == Some("denied-by-them"))
+            .then_some(())
+        },
+    );
+
+    let long: String = (0..2500)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut to_bob = Vec::new();
+    let mut to_alice = Vec::new();
+    for k in 0..5 {
+        let text = if k == 2 {
+            long.clone()
+        } else {
+            format!("a{k}")
+        };
+        cli_ok(&["send", "bob", &text, "--data-dir", &d(&alice)]);
+        to_bob.push(text);
+        let text = format!("b{k}");
+        cli_ok(&["send", &alice_name, &text, "--data-dir", &d(&bob)]);
+        to_alice.push(text);
+    }
+    let texts = |dir: &Path| -> Vec<String> {
+        inbox(dir, "message")
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_for("the conversation", Duration::from_secs(180), || {
+        (texts(&bob).len() >= 5 && texts(&alice).len() >= 5).then_some(())
+    });
+    assert_eq!(texts(&bob), to_bob, "exactly once, in order");
+    assert_eq!(texts(&alice), to_alice, "exactly once, in order");
+    wait_for("every message delivered", Duration::from_secs(120), || {
+        let s = cli_json(&["status", "--data-dir", &d(&alice)]);
+        let m = s["messages"].as_array().unwrap().clone();
+        (m.len() == 5 && m.iter().all(|m| m["state"] == "delivered")).then_some(())
+    });
+
+    // Both sides compute the same safety number.
+    let a = cli_json(&["verify", "bob", "--data-dir", &d(&alice)]);
+    let b = cli_json(&["verify", &alice_name, "--mark", "--data-dir", &d(&bob)]);
+    assert_eq!(a["safety_number"], b["safety_number"]);
+    assert_eq!(b["verified"], true);
 }

@@ -1,0 +1,363 @@
+//! The client commands: each asks the running node through its local API
+//! and prints the answer for people, or as JSON with `--json`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use chainmail_session::Address;
+use serde_json::{Value, json};
+
+use crate::DataDirArg;
+use crate::account::{ContactView, HistoryEntry, SentMessage};
+
+/// `chainmail contact …`
+#[derive(clap::Subcommand)]
+pub(crate) enum ContactCommand {
+    /// Ask someone to talk: looks up their address and sends a contact
+    /// request (with proof of work) that they accept, deny or ignore.
+    Add {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Their address (cm1…).
+        address: String,
+        /// What you call them.
+        #[arg(long)]
+        name: String,
+        /// A few words with the request.
+        #[arg(long)]
+        message: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Your contacts and where each stands.
+    List {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests waiting for your answer.
+    Requests {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a request.
+    Accept {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The requester's name (as `contact requests` shows it).
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request (the requester is told).
+    Deny {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The requester's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ignore a request (nobody is told; nothing from them is shown).
+    Ignore {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The requester's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+async fn account(data_dir: &Path, request: Value) -> Result<Value> {
+    crate::api_client::post(data_dir, "/v1/account", &request).await
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// After `init`.
+pub(crate) fn print_init(address: &Address, key_file: Option<&Path>, json: bool) -> Result<()> {
+    if json {
+        return print_json(&json!({
+            "address": address.to_string(),
+            "key_file": key_file.map(|p| p.display().to_string()),
+        }));
+    }
+    println!("Your address (give it to the people who should reach you):");
+    println!("  {address}");
+    if let Some(path) = key_file {
+        println!(
+            "Your account is encrypted with the key file {}: keep it safe and private; \
+             without it the account cannot be opened.",
+            path.display()
+        );
+    }
+    println!("Start your node with --client to go online.");
+    Ok(())
+}
+
+pub(crate) async fn whoami(data: &DataDirArg, json: bool) -> Result<()> {
+    let v = account(&data.data_dir, json!({ "op": "whoami" })).await?;
+    if json {
+        return print_json(&v);
+    }
+    println!("{}", v["name"].as_str().unwrap_or_default());
+    println!("  address  {}", v["address"].as_str().unwrap_or_default());
+    println!(
+        "  keys     {} (changes only if you move to a new device)",
+        v["olm_identity_key"].as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+fn print_contacts(contacts: &[ContactView]) {
+    if contacts.is_empty() {
+        println!("(none)");
+    }
+    for c in contacts {
+        let mut flags = Vec::new();
+        if c.verified {
+            flags.push("verified".to_string());
+        }
+        if c.key_changed {
+            flags.push("KEYS CHANGED: compare safety numbers again".to_string());
+        }
+        println!(
+            "{:<16} {:<17} {}{}",
+            c.name,
+            c.state,
+            c.address,
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!("  [{}]", flags.join(", "))
+            }
+        );
+        if let Some(text) = &c.request_text {
+            println!("{:<16} “{text}”", "");
+        }
+    }
+}
+
+pub(crate) async fn contact(command: ContactCommand) -> Result<()> {
+    let (data, request, json, list) = match command {
+        ContactCommand::Add {
+            data,
+            address,
+            name,
+            message,
+            json,
+        } => (
+            data,
+            json!({ "op": "contact-add", "address": address, "name": name, "message": message }),
+            json,
+            false,
+        ),
+        ContactCommand::List { data, json } => (data, json!({ "op": "contact-list" }), json, true),
+        ContactCommand::Requests { data, json } => {
+            (data, json!({ "op": "contact-requests" }), json, true)
+        }
+        ContactCommand::Accept { data, name, json } => (
+            data,
+            json!({ "op": "contact-accept", "name": name }),
+            json,
+            false,
+        ),
+        ContactCommand::Deny { data, name, json } => (
+            data,
+            json!({ "op": "contact-deny", "name": name }),
+            json,
+            false,
+        ),
+        ContactCommand::Ignore { data, name, json } => (
+            data,
+            json!({ "op": "contact-ignore", "name": name }),
+            json,
+            false,
+        ),
+    };
+    let v = account(&data.data_dir, request).await?;
+    if json {
+        return print_json(&v);
+    }
+    if list {
+        let contacts: Vec<ContactView> = serde_json::from_value(v)?;
+        print_contacts(&contacts);
+    } else {
+        println!(
+            "{}: {}",
+            v["name"].as_str().unwrap_or_default(),
+            v["state"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn send(
+    data: &DataDirArg,
+    to: Option<String>,
+    words: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    let v: Value = match (to, words.as_slice()) {
+        (Some(to), [text]) => {
+            crate::api_client::post(
+                &data.data_dir,
+                "/v1/send",
+                &json!({ "to": to, "text": text }),
+            )
+            .await?
+        }
+        (Some(_), _) => anyhow::bail!("with --to, give only the text"),
+        (None, [name, text]) => {
+            account(
+                &data.data_dir,
+                json!({ "op": "send", "to": name, "text": text }),
+            )
+            .await?
+        }
+        (None, _) => anyhow::bail!("give the contact's name and the text"),
+    };
+    if json {
+        return print_json(&v);
+    }
+    println!("{}", v["id"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+fn print_entry(e: &HistoryEntry) {
+    let when = e.at / 1000;
+    let text = e.text.as_deref().unwrap_or_default();
+    match e.kind.as_str() {
+        "message" => println!("[{when}] {}: {text}", e.name),
+        "request" => println!(
+            "[{when}] contact request from {} ({}){}: accept with `chainmail contact accept {}`",
+            e.name,
+            e.contact,
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(" “{text}”")
+            },
+            e.name
+        ),
+        "accepted" => println!("[{when}] {} accepted your request", e.name),
+        "denied" => println!("[{when}] {} denied your request", e.name),
+        "key-changed" => println!(
+            "[{when}] WARNING: {}'s keys changed. Someone may be in the middle, or they moved \
+             to a new device: compare safety numbers (`chainmail verify {}`) before trusting them.",
+            e.name, e.name
+        ),
+        "lookup-failed" => println!(
+            "[{when}] {} was not found in the network yet; trying again",
+            e.name
+        ),
+        "state" => println!(
+            "[{when}] your message {} to {}: {}",
+            e.id.as_deref().unwrap_or_default(),
+            e.name,
+            e.state.as_deref().unwrap_or_default()
+        ),
+        other => println!("[{when}] {other} {}", e.name),
+    }
+}
+
+pub(crate) async fn inbox(data: &DataDirArg, after: u64, follow: bool, json: bool) -> Result<()> {
+    let mut after = after;
+    loop {
+        let v = account(&data.data_dir, json!({ "op": "inbox", "after": after })).await?;
+        let entries: Vec<HistoryEntry> = serde_json::from_value(v)?;
+        for e in &entries {
+            if json {
+                println!("{}", serde_json::to_string(e)?);
+            } else {
+                print_entry(e);
+            }
+            after = after.max(e.seq);
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub(crate) async fn verify(data: &DataDirArg, name: &str, mark: bool, json: bool) -> Result<()> {
+    let v = account(
+        &data.data_dir,
+        json!({ "op": "verify", "name": name, "mark": mark }),
+    )
+    .await?;
+    if json {
+        return print_json(&v);
+    }
+    println!(
+        "Safety number with {} (compare it with theirs, in person or on a call):",
+        v["name"].as_str().unwrap_or_default()
+    );
+    if let Some(lines) = v["lines"].as_array() {
+        for l in lines {
+            println!("  {}", l.as_str().unwrap_or_default());
+        }
+    }
+    if v["key_changed"] == true {
+        println!("Their keys changed since you last verified them.");
+    }
+    println!(
+        "{}",
+        if v["verified"] == true {
+            "Marked verified."
+        } else {
+            "Not verified: if the numbers match, run again with --mark."
+        }
+    );
+    Ok(())
+}
+
+pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
+    let status: Value = crate::api_client::get(&data.data_dir, "/v1/status").await?;
+    let sent: Option<Vec<SentMessage>> = account(&data.data_dir, json!({ "op": "sent" }))
+        .await
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok());
+    if json {
+        let mut out = status;
+        out["messages"] = json!(sent);
+        return print_json(&out);
+    }
+    println!(
+        "node {} — {} peers, directory {}, epoch {}",
+        status["peer_id"].as_str().unwrap_or_default(),
+        status["peers"],
+        if status["directory_complete"] == true {
+            "complete"
+        } else {
+            "incomplete"
+        },
+        status["epoch"]
+    );
+    match sent {
+        None => println!("(no account on this node)"),
+        Some(sent) if sent.is_empty() => println!("no messages sent yet"),
+        Some(sent) => {
+            for m in sent {
+                let text: String = m.text.chars().take(40).collect();
+                println!("{:<10} {:<16} {text}", m.state, m.name);
+            }
+        }
+    }
+    Ok(())
+}
