@@ -303,12 +303,16 @@ struct OutMessage {
     state: MessageState,
     fragments: u16,
     acked: Vec<bool>,
+    /// The encoded fragments, kept until delivered so that a restart (which
+    /// loses the mixnet client's retransmission state) sends them again.
+    bodies: Vec<Vec<u8>>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct StampJob {
     to: Address,
     message: MessageId,
+    day: u32,
     frame: Frame,
 }
 
@@ -346,6 +350,7 @@ pub struct MessengerState {
     sessions: Vec<(Address, Vec<olm::SessionPickle>)>,
     outgoing: Vec<(MessageId, OutMessage)>,
     mixnet_ids: Vec<([u8; 16], FragmentTag)>,
+    stamp_jobs: Vec<(u64, StampJob)>,
     stats: MessengerStats,
 }
 
@@ -411,9 +416,10 @@ impl Messenger {
         }
     }
 
-    /// Rebuilds a messenger from [`Messenger::state`]. Messages waiting for
-    /// a stamp when the state was taken are sent again by the mixnet layer
-    /// or reported failed.
+    /// Rebuilds a messenger from [`Messenger::state`]. Fragments of messages
+    /// not yet delivered come out again as [`Action::Transmit`], and stamps
+    /// being minted as [`Action::MintStamp`]: the mixnet client's
+    /// retransmission state does not survive a restart, this does.
     pub fn from_state(
         config: MessengerConfig,
         state: MessengerState,
@@ -433,8 +439,16 @@ impl Messenger {
             .collect();
         m.outgoing = state.outgoing.into_iter().collect();
         m.mixnet_ids = state.mixnet_ids.into_iter().collect();
+        m.next_job = state
+            .stamp_jobs
+            .iter()
+            .map(|(j, _)| j + 1)
+            .max()
+            .unwrap_or(0);
+        m.stamp_jobs = state.stamp_jobs.into_iter().collect();
         m.stats = state.stats;
         m.dirty = false;
+        m.resume();
         Ok(m)
     }
 
@@ -451,6 +465,11 @@ impl Messenger {
                 .collect(),
             outgoing: self.outgoing.iter().map(|(k, v)| (*k, v.clone())).collect(),
             mixnet_ids: self.mixnet_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            stamp_jobs: self
+                .stamp_jobs
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
             stats: self.stats.clone(),
         }
     }
@@ -858,6 +877,7 @@ impl Messenger {
                 state: MessageState::Queued,
                 fragments: 0,
                 acked: Vec::new(),
+                bodies: Vec::new(),
             },
         );
         self.dirty = true;
@@ -875,6 +895,7 @@ impl Messenger {
                 StampJob {
                     to,
                     message: id,
+                    day,
                     frame,
                 },
             );
@@ -896,6 +917,7 @@ impl Messenger {
             to,
             message,
             mut frame,
+            ..
         }) = self.stamp_jobs.remove(&job)
         else {
             return;
@@ -922,23 +944,67 @@ impl Messenger {
         })?;
         let fragments = fragment(id, &bytes, self.config.max_fragment)?;
         let count = u16::try_from(fragments.len()).unwrap_or(u16::MAX);
+        let bodies = fragments
+            .iter()
+            .map(Fragment::encode)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (index, body) in (0..count).zip(&bodies) {
+            self.actions.push_back(Action::Transmit {
+                tag: FragmentTag { message: id, index },
+                to: mixnet.clone(),
+                body: body.clone(),
+            });
+        }
         if let Some(m) = self.outgoing.get_mut(&id) {
             m.fragments = count;
-            m.acked = vec![false; fragments.len()];
-        }
-        for f in fragments {
-            let tag = FragmentTag {
-                message: id,
-                index: f.index,
-            };
-            self.actions.push_back(Action::Transmit {
-                tag,
-                to: mixnet.clone(),
-                body: f.encode()?,
-            });
+            m.acked = vec![false; bodies.len()];
+            m.bodies = bodies;
         }
         self.set_state(id, MessageState::Sent);
         Ok(())
+    }
+
+    /// After a restart: fragments not yet acknowledged are handed to the
+    /// mixnet again (the recipient drops what it already has), and stamps
+    /// that were being minted are asked for again.
+    fn resume(&mut self) {
+        self.mixnet_ids.clear();
+        let mut again = Vec::new();
+        for (id, m) in &self.outgoing {
+            let Some(mixnet) = self.contacts.get(&m.to).and_then(|c| c.mixnet.clone()) else {
+                continue;
+            };
+            for ((index, body), acked) in (0u16..).zip(&m.bodies).zip(&m.acked) {
+                if !acked {
+                    again.push(Action::Transmit {
+                        tag: FragmentTag {
+                            message: *id,
+                            index,
+                        },
+                        to: mixnet.clone(),
+                        body: body.clone(),
+                    });
+                }
+            }
+        }
+        self.actions.extend(again);
+        for (job, j) in &self.stamp_jobs {
+            let Frame::PreKey { message, .. } = &j.frame else {
+                continue;
+            };
+            self.actions.push_back(Action::MintStamp {
+                job: *job,
+                challenge: stamp_challenge(
+                    &self.config.network,
+                    &j.to,
+                    &self.account.address(),
+                    j.day,
+                    message,
+                ),
+                day: j.day,
+                difficulty: self.config.stamp_difficulty,
+            });
+        }
     }
 
     /// The mixnet client took the fragment `tag` as its message `mixnet_id`.

@@ -32,6 +32,8 @@ struct InFlight {
     from: usize,
     body: Vec<u8>,
     mixnet_id: [u8; 16],
+    /// Lost once and waiting in the sender's mixnet client to be sent again.
+    retry: bool,
 }
 
 struct World {
@@ -156,6 +158,7 @@ impl World {
                     from: u,
                     body,
                     mixnet_id,
+                    retry: false,
                 });
             }
         }
@@ -177,6 +180,7 @@ impl World {
                     self.lost_fragments += 1;
                     self.wire.push(InFlight {
                         at: self.now + Duration::from_secs(10),
+                        retry: true,
                         ..f
                     });
                     continue;
@@ -231,8 +235,10 @@ impl World {
         out
     }
 
-    /// Restarts user `u` from its stored state.
+    /// Restarts user `u` from its stored state. What its mixnet client
+    /// held (lost packets waiting to be sent again) is gone with it.
     fn restart(&mut self, u: usize, difficulty: u8) {
+        self.wire.retain(|f| !(f.from == u && f.retry));
         let json = serde_json::to_vec(&self.users[u].messenger.state()).unwrap();
         let state: MessengerState = serde_json::from_slice(&json).unwrap();
         let mixnet_seal = self.users[u].seal;
@@ -553,4 +559,32 @@ fn the_api_refuses_what_makes_no_sense() {
     assert!(m.accept(START, &b_addr).is_err(), "no request from bob");
     assert!(m.set_verified(&b_addr, true).is_err(), "keys unknown");
     let _ = bob;
+}
+
+/// The sender restarts before its mixnet client sent anything: the
+/// messages are not lost, the restarted messenger hands them out again.
+#[test]
+fn messages_queued_in_the_mixnet_client_survive_a_restart() {
+    let mut w = World::new(9, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let b_addr = w.address(bob);
+    let mut ids = Vec::new();
+    for k in 0..5 {
+        ids.push(
+            w.users[alice]
+                .messenger
+                .send_text(w.now, &b_addr, &format!("m{k}"))
+                .unwrap(),
+        );
+    }
+    // The Transmit actions were never carried out: the node died first.
+    while w.users[alice].messenger.poll_action().is_some() {}
+    w.restart(alice, 8);
+    w.run_until_quiet();
+    let expected: Vec<String> = (0..5).map(|k| format!("m{k}")).collect();
+    assert_eq!(w.texts(bob, alice), expected);
+    for id in ids {
+        assert_eq!(w.states(alice).get(&id), Some(&MessageState::Delivered));
+    }
 }
