@@ -88,6 +88,7 @@ pub(crate) fn init(
     network: &NetworkFile,
     name: &str,
     unlock: &Unlock,
+    identity_file: Option<&Path>,
 ) -> Result<(Address, Option<std::path::PathBuf>)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
@@ -112,7 +113,20 @@ pub(crate) fn init(
         unlock.secret(data_dir)?
     };
     let vault = Vault::create(store, VAULT, secret)?;
-    let account = Account::generate(&mut rand::rng());
+    let account = match identity_file {
+        None => Account::generate(&mut rand::rng()),
+        Some(path) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the identity file {}", path.display()))?,
+            );
+            let seed = Zeroizing::new(
+                unhex32(text.trim())
+                    .ok_or_else(|| anyhow!("{} must hold 64 hex digits", path.display()))?,
+            );
+            Account::new(ed25519_dalek::SigningKey::from_bytes(&seed))
+        }
+    };
     let address = account.address();
     let messenger = Messenger::new(messenger_config(network), account, name, rand::random());
     vault.put(
@@ -189,6 +203,7 @@ pub(crate) struct ContactView {
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub(crate) enum AccountRequest {
     Whoami,
+    ExportIdentity,
     ContactAdd {
         address: String,
         name: String,
@@ -412,6 +427,9 @@ impl AccountDriver {
                 "name": m.name(),
                 "olm_identity_key": hex(&m.curve_key()),
             })),
+            AccountRequest::ExportIdentity => Ok(json!({
+                "identity_seed": hex(&m.account().identity_seed()[..]),
+            })),
             AccountRequest::ContactAdd {
                 address,
                 name,
@@ -518,4 +536,15 @@ impl AccountDriver {
             }
         }
     }
+}
+
+fn unhex32(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }

@@ -231,6 +231,7 @@ pub(crate) fn render_metrics(
     client: Option<&ClientStats>,
     net: &NetMetrics,
     store: Option<StoreStats>,
+    session: Option<&chainmail_session::MessengerStats>,
 ) -> String {
     let mut out = String::new();
     fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
@@ -238,6 +239,23 @@ pub(crate) fn render_metrics(
         for (labels, value) in samples {
             let _ = writeln!(out, "{name}{labels} {value}");
         }
+    }
+    if let Some(s) = session {
+        counter(
+            &mut out,
+            "chainmail_session_dropped_total",
+            "Session messages not shown to the user, by reason.",
+            &[
+                ("{reason=\"stamp\"}".into(), s.rejected_stamp),
+                ("{reason=\"binding\"}".into(), s.rejected_binding),
+                ("{reason=\"undecryptable\"}".into(), s.undecryptable),
+                ("{reason=\"malformed\"}".into(), s.malformed),
+                ("{reason=\"not_accepted\"}".into(), s.hidden),
+                ("{reason=\"blocked\"}".into(), s.from_blocked),
+                ("{reason=\"duplicate\"}".into(), s.duplicates),
+                ("{reason=\"bad_descriptor\"}".into(), s.bad_descriptors),
+            ],
+        );
     }
     if let Some((s, queue)) = node {
         counter(

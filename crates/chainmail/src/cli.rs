@@ -109,7 +109,19 @@ pub(crate) fn print_init(address: &Address, key_file: Option<&Path>, json: bool)
     Ok(())
 }
 
-pub(crate) async fn whoami(data: &DataDirArg, json: bool) -> Result<()> {
+pub(crate) async fn whoami(data: &DataDirArg, export: Option<&Path>, json: bool) -> Result<()> {
+    if let Some(path) = export {
+        let v = account(&data.data_dir, json!({ "op": "export-identity" })).await?;
+        let seed = zeroize::Zeroizing::new(format!(
+            "{}\n",
+            v["identity_seed"].as_str().unwrap_or_default()
+        ));
+        crate::runtime::write_private(path, seed.as_bytes())?;
+        eprintln!(
+            "identity written to {}: anyone with this file can be you; delete it once used",
+            path.display()
+        );
+    }
     let v = account(&data.data_dir, json!({ "op": "whoami" })).await?;
     if json {
         return print_json(&v);

@@ -97,6 +97,11 @@ enum Command {
         name: String,
         #[command(flatten)]
         unlock: UnlockArgs,
+        /// Keep the identity (and so the address) written by `whoami
+        /// --export-identity` on another device; the keys of sessions are
+        /// new, which contacts are warned of.
+        #[arg(long)]
+        identity_file: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -105,6 +110,10 @@ enum Command {
     Whoami {
         #[command(flatten)]
         data: DataDirArg,
+        /// Write the identity's secret seed to this file (to move the
+        /// account to another device with `init --identity-file`).
+        #[arg(long)]
+        export_identity: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -383,14 +392,24 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             data,
             name,
             unlock,
+            identity_file,
             json,
         } => {
             let network = NetworkFile::load(&network)?;
-            let (address, key_file) =
-                account::init(&data.data_dir, &network, &name, &unlock.unlock())?;
+            let (address, key_file) = account::init(
+                &data.data_dir,
+                &network,
+                &name,
+                &unlock.unlock(),
+                identity_file.as_deref(),
+            )?;
             cli::print_init(&address, key_file.as_deref(), json)?;
         }
-        Command::Whoami { data, json } => cli::whoami(&data, json).await?,
+        Command::Whoami {
+            data,
+            export_identity,
+            json,
+        } => cli::whoami(&data, export_identity.as_deref(), json).await?,
         Command::Contact(command) => cli::contact(command).await?,
         Command::Send {
             data,

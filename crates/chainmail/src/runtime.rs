@@ -118,6 +118,8 @@ pub(crate) struct Status {
     pub(crate) provider: bool,
     /// Connected peers.
     pub(crate) peers: usize,
+    /// Every peer this node has been connected to since it started.
+    pub(crate) peers_seen: Vec<String>,
     /// Descriptors known.
     pub(crate) descriptors: usize,
     /// Current epoch.
@@ -259,6 +261,9 @@ struct Runtime {
     known_addresses: HashMap<NodeId, Vec<String>>,
     listen_addrs: Vec<Multiaddr>,
     peers: usize,
+    /// Every peer this node was ever connected to (bounded), so that tests
+    /// and users can check who learned this node's IP address.
+    peers_seen: std::collections::BTreeSet<String>,
     replies: HashMap<u64, ReplyHandle>,
     next_request: u64,
     internal_tx: mpsc::Sender<Internal>,
@@ -383,6 +388,7 @@ pub(crate) async fn run_node(
         known_addresses: HashMap::new(),
         listen_addrs: Vec::new(),
         peers: 0,
+        peers_seen: Default::default(),
         replies: HashMap::new(),
         next_request: 0,
         internal_tx,
@@ -568,6 +574,9 @@ impl Runtime {
             NetEvent::RequestReceived { bytes, reply, .. } => self.on_request(now, bytes, reply),
             NetEvent::PeerConnected { peer } => {
                 self.peers += 1;
+                if self.peers_seen.len() < 10_000 {
+                    self.peers_seen.insert(peer.to_string());
+                }
                 self.sync_descriptors(peer);
                 if let (Some(client), Ok(key)) = (
                     &mut self.client,
@@ -731,6 +740,7 @@ impl Runtime {
             mix: self.opts.roles.mix,
             provider: self.opts.roles.provider,
             peers: self.peers,
+            peers_seen: self.peers_seen.iter().cloned().collect(),
             descriptors: self.descriptors.len(),
             epoch: self.params.epoch_at(now).0,
             layers: d
@@ -751,6 +761,7 @@ impl Runtime {
             self.client.as_ref().map(Client::stats),
             &self.net.metrics(),
             self.store.mailbox_stats().ok(),
+            self.account.as_ref().map(|a| a.messenger.stats()),
         )
     }
 

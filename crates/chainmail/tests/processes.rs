@@ -578,3 +578,237 @@ fn accounts_request_accept_deny_and_talk() {
     assert_eq!(a["safety_number"], b["safety_number"]);
     assert_eq!(b["verified"], true);
 }
+
+fn init_account(network: &Path, dir: &Path, name: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "init",
+        "--network",
+        network.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(extra);
+    cli_json(&args)["address"].as_str().unwrap().to_string()
+}
+
+fn peer_id(dir: &Path) -> String {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("api.json")).unwrap()).unwrap();
+    info["peer_id"].as_str().unwrap().to_string()
+}
+
+/// Bob goes offline mid-conversation and comes back after a restart; 50
+/// messages each way (one in several packets) arrive exactly once, in
+/// order, all `delivered`; his contacts, sessions and history survive the
+/// restart. A stranger's request without proof of work is refused and
+/// counted. Bob moves to a new device: alice is warned loudly. Alice's
+/// node never connects to bob's.
+#[test]
+fn accounts_survive_offline_restart_strangers_and_a_new_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut procs = Procs(Vec::new());
+    let nodes = start_testnet(&mut procs, root, &[]);
+    let network = root.join("network.toml");
+    let (alice, bob) = (root.join("alice"), root.join("bob"));
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+    let alice_address = init_account(&network, &alice, "alice", &[]);
+    let bob_address = init_account(&network, &bob, "bob", &[]);
+    let bob_providers = [nodes[2].0.as_str(), nodes[3].0.as_str()];
+    start_client(&mut procs, &network, &alice, &[&nodes[0].0, &nodes[1].0]);
+    start_client(&mut procs, &network, &bob, &bob_providers);
+
+    cli_ok(&[
+        "contact",
+        "add",
+        &bob_address,
+        "--name",
+        "bob",
+        "--data-dir",
+        &d(&alice),
+    ]);
+    wait_for("alice's request", Duration::from_secs(120), || {
+        contact_state(&bob, "alice")
+            .is_some_and(|s| s == "request-received")
+            .then_some(())
+    });
+    cli_ok(&["contact", "accept", "alice", "--data-dir", &d(&bob)]);
+    wait_for("acceptance", Duration::from_secs(120), || {
+        (contact_state(&alice, "bob").as_deref() == Some("accepted")).then_some(())
+    });
+
+    let long: String = (0..3000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut to_bob = Vec::new();
+    let mut to_alice = Vec::new();
+    let send = |from: &Path, to: &str, text: String, log: &mut Vec<String>| {
+        cli_ok(&["send", to, &text, "--data-dir", &d(from)]);
+        log.push(text);
+    };
+    for k in 0..20 {
+        let text = if k == 7 {
+            long.clone()
+        } else {
+            format!("a{k:02}")
+        };
+        send(&alice, "bob", text, &mut to_bob);
+        send(&bob, "alice", format!("b{k:02}"), &mut to_alice);
+    }
+    // Bob's node dies; alice goes on writing into his mailboxes.
+    wait_for("bob to have some messages", Duration::from_secs(60), || {
+        (inbox(&bob, "message").len() >= 5).then_some(())
+    });
+    kill9(&bob);
+    for k in 20..35 {
+        send(&alice, "bob", format!("a{k:02}"), &mut to_bob);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    start_node(
+        &mut procs,
+        &network,
+        &bob,
+        &[
+            "--roles",
+            "none",
+            "--client",
+            "--providers",
+            &bob_providers.join(","),
+        ],
+    );
+    wait_for("bob back", Duration::from_secs(60), || {
+        status(&bob).filter(|s| s["address"].is_string())
+    });
+    for k in 35..50 {
+        send(&alice, "bob", format!("a{k:02}"), &mut to_bob);
+    }
+    for k in 20..50 {
+        send(&bob, "alice", format!("b{k:02}"), &mut to_alice);
+    }
+    let texts = |dir: &Path| -> Vec<String> {
+        inbox(dir, "message")
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    wait_for("the whole conversation", Duration::from_secs(300), || {
+        (texts(&bob).len() >= 50 && texts(&alice).len() >= 50).then_some(())
+    });
+    assert_eq!(
+        texts(&bob),
+        to_bob,
+        "exactly once, in order, across bob's crash"
+    );
+    assert_eq!(texts(&alice), to_alice, "exactly once, in order");
+    // Bob's history from before the crash is still there.
+    assert_eq!(inbox(&bob, "request").len(), 1);
+    wait_for(
+        "all of alice's messages delivered",
+        Duration::from_secs(300),
+        || {
+            let s = cli_json(&["status", "--data-dir", &d(&alice)]);
+            let m = s["messages"].as_array().unwrap().clone();
+            (m.len() == 50 && m.iter().all(|m| m["state"] == "delivered")).then_some(())
+        },
+    );
+
+    // A stranger whose client mints no stamps.
+    let cheap = root.join("no-stamps.toml");
+    let text = std::fs::read_to_string(&network).unwrap();
+    let text = text.replace("stamp_difficulty = 12", "stamp_difficulty = 0");
+    assert!(text.contains("stamp_difficulty = 0"));
+    std::fs::write(&cheap, text).unwrap();
+    let mallory = root.join("mallory");
+    init_account(&cheap, &mallory, "mallory", &[]);
+    start_client(&mut procs, &cheap, &mallory, &[&nodes[4].0, &nodes[5].0]);
+    cli_ok(&[
+        "contact",
+        "add",
+        &bob_address,
+        "--name",
+        "bob",
+        "--message",
+        "buy now",
+        "--data-dir",
+        &d(&mallory),
+    ]);
+    wait_for(
+        "mallory's request refused",
+        Duration::from_secs(120),
+        || (metric(&bob, "chainmail_session_dropped_total{reason=\"stamp\"}") >= 1).then_some(()),
+    );
+    assert_eq!(
+        inbox(&bob, "request").len(),
+        1,
+        "no request shown from mallory"
+    );
+
+    // Bob moves to a new device: same identity, new keys.
+    let seed = root.join("bob.seed");
+    cli_ok(&[
+        "whoami",
+        "--export-identity",
+        seed.to_str().unwrap(),
+        "--data-dir",
+        &d(&bob),
+    ]);
+    kill9(&bob);
+    let bob2 = root.join("bob2");
+    let again = init_account(
+        &network,
+        &bob2,
+        "bob",
+        &["--identity-file", seed.to_str().unwrap()],
+    );
+    assert_eq!(again, bob_address, "same address on the new device");
+    start_client(&mut procs, &network, &bob2, &bob_providers);
+    cli_ok(&[
+        "contact",
+        "add",
+        &alice_address,
+        "--name",
+        "alice",
+        "--data-dir",
+        &d(&bob2),
+    ]);
+    wait_for(
+        "alice warned of bob's new keys",
+        Duration::from_secs(120),
+        || (!inbox(&alice, "key-changed").is_empty()).then_some(()),
+    );
+    let list = cli_json(&["contact", "list", "--data-dir", &d(&alice)]);
+    let bob_entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(bob_entry["key_changed"], true);
+    assert_eq!(bob_entry["verified"], false);
+    wait_for(
+        "bob's new device accepted",
+        Duration::from_secs(120),
+        || (contact_state(&bob2, "alice").as_deref() == Some("accepted")).then_some(()),
+    );
+    cli_ok(&["send", "alice", "new phone", "--data-dir", &d(&bob2)]);
+    wait_for(
+        "a message from the new device",
+        Duration::from_secs(120),
+        || {
+            texts(&alice)
+                .contains(&"new phone".to_string())
+                .then_some(())
+        },
+    );
+
+    // Through all of it, alice's node never connected to a node of bob's.
+    let seen = status(&alice).unwrap()["peers_seen"].clone();
+    let seen: Vec<String> = serde_json::from_value(seen).unwrap();
+    for dir in [&bob, &bob2] {
+        assert!(!seen.contains(&peer_id(dir)), "alice connected to bob");
+    }
+    assert!(!seen.is_empty());
+}
