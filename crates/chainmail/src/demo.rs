@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chainmail_mixnet::Preset;
-use serde::Deserialize;
+use serde_json::json;
 
-use crate::runtime::{LoggedEvent, Status, now};
+use crate::runtime::{Status, now};
 use crate::testnet::{Testnet, TestnetOptions};
 
 /// Options of the demo.
@@ -28,22 +28,23 @@ pub(crate) struct DemoOptions {
 
 struct User {
     name: &'static str,
+    node: usize,
     data_dir: PathBuf,
     address: String,
-    events_seen: u64,
     packets_at_start: u64,
 }
 
 struct Sent {
     from: usize,
+    /// Order of sending.
+    order: usize,
     at_ms: u64,
     received_at_ms: Option<u64>,
-    acked_after_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct SendReply {
-    id: String,
+    delivered_at_ms: Option<u64>,
+    /// Position in the recipient's inbox.
+    position: u64,
+    /// Sent while the recipient was offline.
+    offline: bool,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -88,12 +89,20 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         status.layers, status.providers
     );
 
-    // Two users on different providers.
+    // Two users on different providers, each with an account.
+    let network = crate::network::NetworkFile::load(&net.network_file)?;
     let ids: Vec<_> = net.nodes.iter().map(|n| n.id).collect();
-    let alice_dir = net.add_client("alice", &[ids[0], ids[1]])?;
-    let bob_dir = net.add_client("bob", &[ids[2], ids[3]])?;
     let mut users = Vec::new();
-    for (name, data_dir) in [("alice", alice_dir), ("bob", bob_dir)] {
+    for (name, providers) in [("alice", [ids[0], ids[1]]), ("bob", [ids[2], ids[3]])] {
+        let data_dir = dir.join(name);
+        let (address, _) = crate::account::init(
+            &data_dir,
+            &network,
+            name,
+            &crate::account::Unlock::default(),
+            None,
+        )?;
+        let data_dir = net.add_client(name, &providers)?;
         let status = wait_for_address(&data_dir, Duration::from_secs(60))
             .await
             .with_context(|| {
@@ -104,13 +113,15 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
             })?;
         users.push(User {
             name,
-            address: status.address.clone().unwrap_or_default(),
+            node: net.nodes.len() - 1,
+            address: address.to_string(),
             data_dir,
-            events_seen: status.events,
             packets_at_start: status.client_packets_sent,
         });
     }
     println!("  alice uses providers 0 and 1, bob uses providers 2 and 3");
+    println!("  alice is {}", users[0].address);
+    println!("  bob   is {}", users[1].address);
     // Idle: nobody says anything, yet the clients send cover at a fixed rate.
     let idle_start = Instant::now();
     let mut idle_base = Vec::new();
@@ -141,119 +152,262 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
             idle_rate / 1000.0
         );
     }
+
+    // The contact request: alice looks bob up (a blinded key in the DHT),
+    // sends a request with proof of work; bob accepts.
+    let started = Instant::now();
+    account(
+        &users[0].data_dir,
+        json!({ "op": "contact-add", "address": users[1].address, "name": "bob",
+                "message": "hi bob, it's alice" }),
+    )
+    .await?;
     println!(
-        "  sending {} messages each way; every packet is 2048 bytes, real or cover",
+        "  alice asks bob to talk (descriptor lookup in the DHT, proof-of-work stamp, through the mixnet)"
+    );
+    let alice_name = wait_until(opts.timeout, "bob to get alice's request", || async {
+        let v = account(&users[1].data_dir, json!({ "op": "contact-requests" }))
+            .await
+            .ok()?;
+        v.as_array()?.first()?["name"].as_str().map(String::from)
+    })
+    .await?;
+    let request_after = started.elapsed();
+    account(
+        &users[1].data_dir,
+        json!({ "op": "contact-accept", "name": alice_name }),
+    )
+    .await?;
+    wait_until(opts.timeout, "alice to see the acceptance", || async {
+        let v = account(&users[0].data_dir, json!({ "op": "contact-list" }))
+            .await
+            .ok()?;
+        (v.as_array()?.first()?["state"] == "accepted").then_some(())
+    })
+    .await?;
+    println!(
+        "  bob got the request after {:.1}s and accepted; alice saw it {:.1}s after asking",
+        request_after.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    let names = ["bob".to_string(), alice_name];
+
+    // The conversation, taking turns.
+    println!(
+        "  they talk: {} messages each way; every packet is 2048 bytes, real or cover",
         opts.messages
     );
-
-    let started = Instant::now();
+    let talk_start = Instant::now();
     let mut sent: HashMap<String, Sent> = HashMap::new();
     let total = opts.messages * 2;
-    let mut next_send = Instant::now();
     let mut k = 0;
-    loop {
+    let mut next_send = Instant::now();
+    let mut seen = [0u64, 0u64];
+    while k < total || !all_done(&sent) {
         if k < total && Instant::now() >= next_send {
             let from = k % 2;
-            let to = 1 - from;
-            let text = format!(
-                "message {} from {} to {}",
-                k / 2 + 1,
-                users[from].name,
-                users[to].name
-            );
-            let body = serde_json::json!({ "to": users[to].address, "text": text });
-            let reply: SendReply =
-                crate::api_client::post(&users[from].data_dir, "/v1/send", &body).await?;
-            sent.insert(
-                reply.id,
-                Sent {
-                    from,
-                    at_ms: now().0,
-                    received_at_ms: None,
-                    acked_after_ms: None,
-                },
-            );
+            let text = format!("message {} from {}", k / 2 + 1, users[from].name);
+            send(&users, &names, from, &text, false, &mut sent).await?;
             k += 1;
             next_send = Instant::now() + opts.interval;
         }
-        for (u, user) in users.iter_mut().enumerate() {
-            let path = format!("/v1/events?after={}", user.events_seen);
-            let events: Vec<LoggedEvent> = crate::api_client::get(&user.data_dir, &path).await?;
-            for e in events {
-                user.events_seen = user.events_seen.max(e.seq);
-                if let Some(s) = sent.get_mut(&e.id) {
-                    match e.kind.as_str() {
-                        "received" if s.from != u => s.received_at_ms = Some(e.at),
-                        "delivered" if s.from == u => s.acked_after_ms = e.after_ms,
-                        _ => {}
-                    }
-                }
-            }
-        }
-        let received = sent.values().filter(|s| s.received_at_ms.is_some()).count();
-        let acked = sent.values().filter(|s| s.acked_after_ms.is_some()).count();
-        let cover = cover_rate(&users, started).await;
-        print!(
-            "\r  sent {}/{total}  received {received}/{total}  acknowledged {acked}/{total}  client upstream {:.2} KB/s   ",
-            sent.len(),
-            cover / 1000.0
-        );
-        let _ = std::io::stdout().flush();
-        if received == total && acked == total {
-            break;
-        }
+        poll(&users, &mut seen, &mut sent).await?;
+        progress(&sent, total, &users, talk_start).await;
         if k == total && next_send.elapsed() > opts.timeout {
-            println!();
-            println!(
-                "  timed out {}s after the last message; logs are in {}",
-                opts.timeout.as_secs(),
-                dir.display()
-            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     println!();
+    let cover = cover_rate(&users, talk_start).await;
 
-    let mut latencies: Vec<u64> = sent
-        .values()
+    // Bob goes offline; alice's messages wait in his mailboxes.
+    let offline = opts.messages.clamp(1, 3);
+    println!("  bob goes offline; alice writes {offline} more (they wait in bob's mailboxes)");
+    net.stop_node(users[1].node);
+    for i in 0..offline {
+        let text = format!("while you were away {}", i + 1);
+        send(&users, &names, 0, &text, true, &mut sent).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    poll(&users[..1], &mut seen, &mut sent).await?;
+    let waiting = sent.values().filter(|s| s.received_at_ms.is_none()).count();
+    println!("  {waiting} messages wait for bob; bob comes back online");
+    net.spawn(users[1].node)?;
+    wait_for_address(&users[1].data_dir, Duration::from_secs(60)).await?;
+    let back = Instant::now();
+    while !all_done(&sent) && back.elapsed() < opts.timeout {
+        poll(&users, &mut seen, &mut sent).await?;
+        progress(&sent, sent.len(), &users, talk_start).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!();
+
+    let online: Vec<&Sent> = sent.values().filter(|s| !s.offline).collect();
+    let mut latencies: Vec<u64> = online
+        .iter()
         .filter_map(|s| s.received_at_ms.map(|r| r.saturating_sub(s.at_ms)))
         .collect();
     latencies.sort_unstable();
-    let mut acks: Vec<u64> = sent.values().filter_map(|s| s.acked_after_ms).collect();
+    let mut acks: Vec<u64> = online
+        .iter()
+        .filter_map(|s| s.delivered_at_ms.map(|r| r.saturating_sub(s.at_ms)))
+        .collect();
     acks.sort_unstable();
-    let received = latencies.len();
-    let cover = cover_rate(&users, started).await;
+    let all = sent.len();
+    let received = sent.values().filter(|s| s.received_at_ms.is_some()).count();
+    let delivered = sent
+        .values()
+        .filter(|s| s.delivered_at_ms.is_some())
+        .count();
+    let in_order = users.iter().enumerate().all(|(u, _)| {
+        let mut mine: Vec<&Sent> = sent.values().filter(|s| s.from != u).collect();
+        mine.sort_by_key(|s| s.order);
+        mine.windows(2).all(|w| w[0].position < w[1].position)
+    });
     println!("Summary");
-    println!("  messages sent           {total}");
-    println!("  delivered to recipient  {received}");
-    println!("  acknowledged to sender  {}", acks.len());
+    println!("  contact request         accepted, end to end encrypted (Olm)");
+    println!("  messages sent           {all} ({offline} while bob was offline)");
     println!(
-        "  latency send→receipt    p50 {} ms, p99 {} ms",
+        "  shown to the recipient  {received}{}",
+        if in_order {
+            ", in order"
+        } else {
+            ", OUT OF ORDER"
+        }
+    );
+    println!("  delivered (acknowledged) {delivered}");
+    println!(
+        "  latency send→shown      p50 {} ms, p99 {} ms (both online)",
         percentile(&latencies, 50.0),
         percentile(&latencies, 99.0)
     );
     println!(
-        "  send→acknowledgement    p50 {} ms, p99 {} ms",
+        "  send→delivered          p50 {} ms, p99 {} ms",
         percentile(&acks, 50.0),
         percentile(&acks, 99.0)
     );
     println!(
-        "  upstream per client     {:.2} KB/s while talking, {:.2} KB/s idle (2048-byte packets, real and cover alike)",
+        "  upstream per client     {:.2} KB/s while talking, {} (2048-byte packets, real and cover alike)",
         cover / 1000.0,
-        idle_rate / 1000.0
+        if opts.idle.is_zero() {
+            "idle not measured".to_string()
+        } else {
+            format!("{:.2} KB/s idle", idle_rate / 1000.0)
+        }
     );
-    let lost = total - received;
     net.stop();
-    if lost > 0 || acks.len() < total {
+    if received < all || delivered < all || !in_order {
         println!(
-            "  FAILED: {lost} messages lost, {} not acknowledged",
-            total - acks.len()
+            "  FAILED: {} messages not shown, {} not delivered{}; logs are in {}",
+            all - received,
+            all - delivered,
+            if in_order { "" } else { ", order broken" },
+            dir.display()
         );
         return Ok(false);
     }
     println!("  nothing lost");
     Ok(true)
+}
+
+async fn account(data_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value> {
+    crate::api_client::post(data_dir, "/v1/account", &request).await
+}
+
+async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn all_done(sent: &HashMap<String, Sent>) -> bool {
+    sent.values()
+        .all(|s| s.received_at_ms.is_some() && s.delivered_at_ms.is_some())
+}
+
+async fn send(
+    users: &[User],
+    names: &[String; 2],
+    from: usize,
+    text: &str,
+    offline: bool,
+    sent: &mut HashMap<String, Sent>,
+) -> Result<()> {
+    let reply = account(
+        &users[from].data_dir,
+        json!({ "op": "send", "to": names[from], "text": text }),
+    )
+    .await?;
+    let id = reply["id"].as_str().unwrap_or_default().to_string();
+    let order = sent.len();
+    sent.insert(
+        id,
+        Sent {
+            from,
+            order,
+            at_ms: now().0,
+            received_at_ms: None,
+            delivered_at_ms: None,
+            position: 0,
+            offline,
+        },
+    );
+    Ok(())
+}
+
+/// Reads both inboxes: messages shown, messages delivered.
+async fn poll(users: &[User], seen: &mut [u64; 2], sent: &mut HashMap<String, Sent>) -> Result<()> {
+    for (u, user) in users.iter().enumerate() {
+        let Ok(v) = account(&user.data_dir, json!({ "op": "inbox", "after": seen[u] })).await
+        else {
+            continue;
+        };
+        let entries: Vec<crate::account::HistoryEntry> = serde_json::from_value(v)?;
+        for e in entries {
+            seen[u] = seen[u].max(e.seq);
+            let Some(id) = &e.id else { continue };
+            if let Some(s) = sent.get_mut(id) {
+                match e.kind.as_str() {
+                    "message" if s.from != u => {
+                        s.received_at_ms = Some(e.at);
+                        s.position = e.seq;
+                    }
+                    "state" if s.from == u && e.state.as_deref() == Some("delivered") => {
+                        s.delivered_at_ms = Some(e.at)
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn progress(sent: &HashMap<String, Sent>, total: usize, users: &[User], since: Instant) {
+    let received = sent.values().filter(|s| s.received_at_ms.is_some()).count();
+    let delivered = sent
+        .values()
+        .filter(|s| s.delivered_at_ms.is_some())
+        .count();
+    let cover = cover_rate(users, since).await;
+    print!(
+        "\r  sent {}/{total}  shown {received}  delivered {delivered}  client upstream {:.2} KB/s   ",
+        sent.len(),
+        cover / 1000.0
+    );
+    let _ = std::io::stdout().flush();
 }
 
 async fn client_packets(data_dir: &Path) -> u64 {

@@ -38,9 +38,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a whole local network and two users, alice and bob, who send
-    /// each other messages through it; print what happened. Exits non-zero
-    /// if a message was lost.
+    /// Start a whole local network and two users, alice and bob: a contact
+    /// request, its acceptance, a conversation, bob offline for a while,
+    /// then back; print what happened. Exits non-zero if a message was lost.
     Demo {
         /// Nodes in the network (each is a mix and a provider).
         #[arg(long, default_value_t = 9)]

@@ -206,6 +206,22 @@ impl Testnet {
         Ok(data_dir)
     }
 
+    /// Stops node `i` with SIGTERM (SIGKILL after a grace period).
+    pub(crate) fn stop_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops every node with SIGTERM, then SIGKILL after a grace period.
     pub(crate) fn stop(&mut self) {
         for node in &mut self.nodes {
