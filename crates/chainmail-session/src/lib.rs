@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod address;
+pub mod advisory;
 pub mod blind;
 pub mod descriptor;
 pub mod envelope;
@@ -16,6 +17,7 @@ pub mod stamp;
 
 pub use account::Account;
 pub use address::{Address, AddressError};
+pub use advisory::{Advisory, AdvisoryBody, advisory_dht_key};
 pub use blind::{descriptor_dht_key, open_descriptor, period_at, seal_descriptor};
 pub use descriptor::AccountDescriptor;
 pub use envelope::{

@@ -155,6 +155,9 @@ pub struct Contact {
     pub key_changed: bool,
     /// The text of their contact request, or of ours to them.
     pub request_text: Option<String>,
+    /// The version of theirs the user was last warned about.
+    #[serde(default)]
+    warned_version: Option<String>,
     next_seq_out: u64,
     next_seq_in: u64,
     /// Envelopes that came early, encoded, with when they came.
@@ -212,6 +215,14 @@ pub enum MessengerEvent {
     KeyChanged {
         /// Whose.
         contact: Address,
+    },
+    /// A contact runs a client version the network's advisory lists as
+    /// unsafe.
+    UnsafeVersion {
+        /// Who.
+        contact: Address,
+        /// Their version.
+        version: String,
     },
     /// Looking a contact up found no valid descriptor (will try again).
     LookupFailed {
@@ -381,6 +392,7 @@ pub struct Messenger {
     stamp_jobs: HashMap<u64, StampJob>,
     next_job: u64,
     reassembler: Reassembler<()>,
+    advisory: Option<crate::advisory::Advisory>,
     next_publish: Option<Time>,
     actions: VecDeque<Action>,
     events: VecDeque<MessengerEvent>,
@@ -409,6 +421,7 @@ impl Messenger {
                 timeout: Duration::from_secs(600),
             }),
             next_publish: None,
+            advisory: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             stats: MessengerStats::default(),
@@ -535,6 +548,50 @@ impl Messenger {
         self.outgoing.get(id).map(|m| m.state)
     }
 
+    /// Takes the network's advisory (verified by the caller against the
+    /// network's advisory key) if it is newer than the one held, and warns
+    /// about every contact whose version it lists.
+    pub fn set_advisory(&mut self, advisory: crate::advisory::Advisory) {
+        if self
+            .advisory
+            .as_ref()
+            .is_some_and(|a| a.body.sequence >= advisory.body.sequence)
+        {
+            return;
+        }
+        self.advisory = Some(advisory);
+        let all: Vec<Address> = self.contacts.keys().copied().collect();
+        for a in all {
+            self.check_version(a);
+        }
+    }
+
+    /// Whether the advisory lists this contact's version.
+    pub fn runs_unsafe_version(&self, contact: &Contact) -> bool {
+        match (&self.advisory, &contact.client_version) {
+            (Some(a), Some(v)) => a.lists(v),
+            _ => false,
+        }
+    }
+
+    fn check_version(&mut self, address: Address) {
+        let Some(c) = self.contacts.get(&address) else {
+            return;
+        };
+        if !self.runs_unsafe_version(c) || c.warned_version == c.client_version {
+            return;
+        }
+        let version = c.client_version.clone().unwrap_or_default();
+        if let Some(c) = self.contacts.get_mut(&address) {
+            c.warned_version = Some(version.clone());
+        }
+        self.dirty = true;
+        self.events.push_back(MessengerEvent::UnsafeVersion {
+            contact: address,
+            version,
+        });
+    }
+
     /// Sets this client's mixnet address (what contacts reply to); needed
     /// before anything is published or requested.
     pub fn set_mixnet_address(&mut self, address: ClientAddress) {
@@ -589,6 +646,7 @@ impl Messenger {
                 verified: false,
                 key_changed: false,
                 request_text: text.map(String::from),
+                warned_version: None,
                 next_seq_out: 1,
                 next_seq_in: 1,
                 held: BTreeMap::new(),
@@ -1247,7 +1305,13 @@ impl Messenger {
             self.stats.hidden += 1;
             return;
         };
-        c.client_version = Some(envelope.client_version.clone());
+        if c.client_version.as_deref() != Some(envelope.client_version.as_str()) {
+            c.client_version = Some(envelope.client_version.clone());
+            self.check_version(sender);
+        }
+        let Some(c) = self.contacts.get_mut(&sender) else {
+            return;
+        };
         // Order: envelopes are numbered by the sender per conversation.
         if envelope.seq < c.next_seq_in || c.seen_ahead.contains(&envelope.seq) {
             self.stats.duplicates += 1;
@@ -1331,6 +1395,7 @@ impl Messenger {
                 verified: false,
                 key_changed: false,
                 request_text: text.clone(),
+                warned_version: None,
                 next_seq_out: 1,
                 next_seq_in: envelope.seq + 1,
                 held: BTreeMap::new(),
@@ -1344,6 +1409,7 @@ impl Messenger {
             name,
             text,
         });
+        self.check_version(sender);
     }
 
     fn apply(&mut self, now: Time, sender: Address, envelope: Envelope) {

@@ -588,3 +588,64 @@ fn messages_queued_in_the_mixnet_client_survive_a_restart() {
         assert_eq!(w.states(alice).get(&id), Some(&MessageState::Delivered));
     }
 }
+
+#[test]
+fn an_advisory_warns_about_contacts_on_unsafe_versions() {
+    use chainmail_session::AdvisoryBody;
+    let mut w = World::new(10, 0.0, 0.0);
+    let alice = w.add_user("alice", 8);
+    let mut old = config(8);
+    old.client_version = "chainmail 0.0.9".into();
+    let bob = {
+        let account = Account::generate(&mut w.rng);
+        w.add_user_with("bob", account, old)
+    };
+    w.connect(alice, bob, None);
+    let b_addr = w.address(bob);
+    let key = SigningKey::from_bytes(&[3; 32]);
+    let advisory = |sequence, versions: &[&str]| {
+        AdvisoryBody {
+            network: NETWORK,
+            sequence,
+            issued: START,
+            unsafe_versions: versions.iter().map(|v| v.to_string()).collect(),
+        }
+        .sign(&key)
+        .unwrap()
+    };
+    let warnings = |w: &World| {
+        w.users[alice]
+            .events
+            .iter()
+            .filter(|e| matches!(e, MessengerEvent::UnsafeVersion { .. }))
+            .count()
+    };
+    w.users[alice]
+        .messenger
+        .set_advisory(advisory(1, &["chainmail 0.0.8"]));
+    w.drain();
+    assert_eq!(warnings(&w), 0, "bob's version is not listed");
+    w.users[alice]
+        .messenger
+        .set_advisory(advisory(2, &["chainmail 0.0.8", "chainmail 0.0.9"]));
+    w.drain();
+    assert_eq!(warnings(&w), 1);
+    assert!(
+        w.users[alice]
+            .events
+            .contains(&MessengerEvent::UnsafeVersion {
+                contact: b_addr,
+                version: "chainmail 0.0.9".into()
+            })
+    );
+    let c = w.users[alice].messenger.contact(&b_addr).unwrap().clone();
+    assert!(w.users[alice].messenger.runs_unsafe_version(&c));
+    // An older advisory does not replace a newer one; the warning is not
+    // repeated.
+    w.users[alice].messenger.set_advisory(advisory(1, &[]));
+    w.users[alice]
+        .messenger
+        .set_advisory(advisory(2, &["chainmail 0.0.9"]));
+    w.drain();
+    assert_eq!(warnings(&w), 1);
+}
