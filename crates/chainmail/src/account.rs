@@ -196,6 +196,8 @@ pub(crate) struct ContactView {
     pub(crate) client_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) request_text: Option<String>,
+    /// The network's advisory lists their client version as unsafe.
+    pub(crate) unsafe_version: bool,
 }
 
 /// Requests the CLI makes (`POST /v1/account`).
@@ -231,6 +233,11 @@ pub(crate) enum AccountRequest {
     Verify {
         name: String,
         mark: bool,
+    },
+    /// A signed advisory (hex) for the node to check, apply and store in
+    /// the DHT.
+    AdvisoryPublish {
+        advisory: String,
     },
 }
 
@@ -344,6 +351,11 @@ impl AccountDriver {
                 let e = entry("key-changed", &contact, self.name_of(&contact));
                 self.history(e)
             }
+            MessengerEvent::UnsafeVersion { contact, version } => {
+                let mut e = entry("unsafe-version", &contact, self.name_of(&contact));
+                e.text = Some(version);
+                self.history(e)
+            }
             MessengerEvent::LookupFailed { contact } => {
                 let e = entry("lookup-failed", &contact, self.name_of(&contact));
                 self.history(e)
@@ -401,8 +413,9 @@ impl AccountDriver {
             .ok_or_else(|| format!("no contact named {name:?} (`chainmail contact list`)"))
     }
 
-    fn view(c: &chainmail_session::Contact) -> ContactView {
+    fn view(m: &Messenger, c: &chainmail_session::Contact) -> ContactView {
         ContactView {
+            unsafe_version: m.runs_unsafe_version(c),
             name: c.name.clone(),
             address: c.address.to_string(),
             state: c.state.as_str().into(),
@@ -440,15 +453,18 @@ impl AccountDriver {
                     .map_err(|e| e.to_string())?;
                 Ok(json!({ "name": name, "address": address.to_string(), "state": "looking-up" }))
             }
-            AccountRequest::ContactList => {
-                Ok(json!(m.contacts().map(Self::view).collect::<Vec<_>>()))
-            }
+            AccountRequest::ContactList => Ok(json!(
+                m.contacts().map(|c| Self::view(m, c)).collect::<Vec<_>>()
+            )),
             AccountRequest::ContactRequests => Ok(json!(
                 m.contacts()
                     .filter(|c| c.state == ContactState::RequestReceived)
-                    .map(Self::view)
+                    .map(|c| Self::view(m, c))
                     .collect::<Vec<_>>()
             )),
+            AccountRequest::AdvisoryPublish { .. } => {
+                Err("advisories are published by the node".into())
+            }
             AccountRequest::ContactAccept { name } => {
                 let a = self.contact_address(&name)?;
                 self.messenger.accept(now, &a).map_err(|e| e.to_string())?;
@@ -538,7 +554,7 @@ impl AccountDriver {
     }
 }
 
-fn unhex32(text: &str) -> Option<[u8; 32]> {
+pub(crate) fn unhex32(text: &str) -> Option<[u8; 32]> {
     if text.len() != 64 {
         return None;
     }

@@ -79,6 +79,104 @@ pub(crate) enum ContactCommand {
     },
 }
 
+/// `chainmail advisory …`
+#[derive(clap::Subcommand)]
+pub(crate) enum AdvisoryCommand {
+    /// Make an advisory key; its public half goes into the network file
+    /// as `[accounts] advisory_key`.
+    Keygen {
+        /// Where to write the secret key (64 hex digits).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Sign a list of unsafe client versions.
+    Sign {
+        /// The secret advisory key.
+        #[arg(long)]
+        key_file: std::path::PathBuf,
+        /// The network file.
+        #[arg(long)]
+        network: std::path::PathBuf,
+        /// Higher than the last advisory's.
+        #[arg(long)]
+        sequence: u64,
+        /// Versions, as clients report them (e.g. "chainmail 0.1.0").
+        #[arg(long = "unsafe", value_delimiter = ',')]
+        versions: Vec<String>,
+        /// Where to write the signed advisory (hex).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// Give a signed advisory to a running node, which checks it and
+    /// stores it in the network's DHT.
+    Publish {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The signed advisory (from `advisory sign`).
+        file: std::path::PathBuf,
+    },
+}
+
+pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
+    use anyhow::Context as _;
+    match command {
+        AdvisoryCommand::Keygen { out } => {
+            let seed: [u8; 32] = rand::random();
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            let text = zeroize::Zeroizing::new(format!("{}\n", crate::runtime::hex(&seed)));
+            crate::runtime::write_private(&out, text.as_bytes())?;
+            println!(
+                "secret key written to {}; put this in the network file:",
+                out.display()
+            );
+            println!("[accounts]");
+            println!(
+                "advisory_key = \"{}\"",
+                crate::runtime::hex(key.verifying_key().as_bytes())
+            );
+        }
+        AdvisoryCommand::Sign {
+            key_file,
+            network,
+            sequence,
+            versions,
+            out,
+        } => {
+            let network = crate::network::NetworkFile::load(&network)?;
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&key_file)
+                    .with_context(|| format!("reading {}", key_file.display()))?,
+            );
+            let seed = crate::account::unhex32(text.trim())
+                .with_context(|| format!("{} must hold 64 hex digits", key_file.display()))?;
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+            if network.advisory_key() != Some(key.verifying_key()) {
+                anyhow::bail!("this key is not the network file's advisory_key");
+            }
+            let advisory = chainmail_session::AdvisoryBody {
+                network: chainmail_mixnet::network_hash(&network.network.id),
+                sequence,
+                issued: crate::runtime::now(),
+                unsafe_versions: versions,
+            }
+            .sign(&key)?;
+            std::fs::write(&out, crate::runtime::hex(&advisory.encode()?))?;
+            println!("advisory {sequence} written to {}", out.display());
+        }
+        AdvisoryCommand::Publish { data, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let v = account(
+                &data.data_dir,
+                json!({ "op": "advisory-publish", "advisory": text.trim() }),
+            )
+            .await?;
+            println!("advisory {} published", v["sequence"]);
+        }
+    }
+    Ok(())
+}
+
 async fn account(data_dir: &Path, request: Value) -> Result<Value> {
     crate::api_client::post(data_dir, "/v1/account", &request).await
 }
@@ -146,6 +244,12 @@ fn print_contacts(contacts: &[ContactView]) {
         }
         if c.key_changed {
             flags.push("KEYS CHANGED: compare safety numbers again".to_string());
+        }
+        if c.unsafe_version {
+            flags.push(format!(
+                "UNSAFE VERSION {}: ask them to update",
+                c.client_version.as_deref().unwrap_or_default()
+            ));
         }
         println!(
             "{:<16} {:<17} {}{}",
@@ -272,6 +376,11 @@ fn print_entry(e: &HistoryEntry) {
             "[{when}] WARNING: {}'s keys changed. Someone may be in the middle, or they moved \
              to a new device: compare safety numbers (`chainmail verify {}`) before trusting them.",
             e.name, e.name
+        ),
+        "unsafe-version" => println!(
+            "[{when}] WARNING: {} runs {text}, which this network's advisory lists as unsafe; \
+             ask them to update before sending anything sensitive",
+            e.name
         ),
         "lookup-failed" => println!(
             "[{when}] {} was not found in the network yet; trying again",

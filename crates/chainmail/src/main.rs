@@ -121,6 +121,9 @@ enum Command {
     /// Contacts: add (a request), list, requests, accept, deny, ignore.
     #[command(subcommand)]
     Contact(cli::ContactCommand),
+    /// Advisories of unsafe client versions: keygen, sign, publish.
+    #[command(subcommand)]
+    Advisory(cli::AdvisoryCommand),
     /// Send a text to a contact (by name), or with --to a raw message to a
     /// mixnet address.
     Send {
@@ -411,6 +414,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             json,
         } => cli::whoami(&data, export_identity.as_deref(), json).await?,
         Command::Contact(command) => cli::contact(command).await?,
+        Command::Advisory(command) => cli::advisory(command).await?,
         Command::Send {
             data,
             to,

@@ -37,6 +37,9 @@ pub(crate) struct AccountSection {
     /// Hours per period of the blinded keys account descriptors are
     /// published under.
     pub(crate) descriptor_period_hours: u64,
+    /// Ed25519 public key (64 hex digits) whose signed advisories of
+    /// unsafe client versions this network carries; none if absent.
+    pub(crate) advisory_key: Option<String>,
 }
 
 impl Default for AccountSection {
@@ -44,6 +47,7 @@ impl Default for AccountSection {
         AccountSection {
             stamp_difficulty: 18,
             descriptor_period_hours: 24,
+            advisory_key: None,
         }
     }
 }
@@ -170,6 +174,19 @@ pub(crate) enum NetworkFileError {
 }
 
 impl NetworkFile {
+    /// The advisory key, if the file names a valid one.
+    pub(crate) fn advisory_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        let text = self.accounts.advisory_key.as_deref()?.trim();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
+    }
+
     /// Reads and validates a network file.
     pub(crate) fn load(path: &Path) -> Result<Self, NetworkFileError> {
         let shown = path.display().to_string();
@@ -256,6 +273,9 @@ impl NetworkFile {
         }
         if self.accounts.descriptor_period_hours == 0 {
             return Err("descriptor period must be at least 1 hour".into());
+        }
+        if self.accounts.advisory_key.is_some() && self.advisory_key().is_none() {
+            return Err("advisory_key must be an Ed25519 public key in 64 hex digits".into());
         }
         if params.mailbox_ttl < Duration::from_secs(3600) {
             return Err("mailbox retention must be at least 1 hour".into());

@@ -244,6 +244,8 @@ enum Internal {
         job: u64,
         stamp: chainmail_session::Stamp,
     },
+    /// The network's advisory, as found in the DHT.
+    Advisory(Vec<u8>),
 }
 
 struct Runtime {
@@ -268,6 +270,7 @@ struct Runtime {
     next_request: u64,
     internal_tx: mpsc::Sender<Internal>,
     next_publish: Time,
+    next_advisory_fetch: Time,
     event_seq: u64,
     stored_cursors: Vec<(NodeId, u64)>,
 }
@@ -393,6 +396,7 @@ pub(crate) async fn run_node(
         next_request: 0,
         internal_tx,
         next_publish: Time(0),
+        next_advisory_fetch: Time(0),
         event_seq,
         stored_cursors: Vec::new(),
     };
@@ -406,6 +410,9 @@ pub(crate) async fn run_node(
         .context("opening the account (chainmail init creates one)")?;
         if let Some(a) = &rt.account {
             info!(account = %a.messenger.address().short(), "account unlocked");
+        }
+        if let Some(bytes) = rt.store.kv_get("advisory", b"current")? {
+            let _ = rt.apply_advisory(&bytes);
         }
     }
     rt.load_client()?;
@@ -692,6 +699,11 @@ impl Runtime {
                     a.messenger.handle_stamp(job, stamp);
                 }
             }
+            Internal::Advisory(bytes) => {
+                if let Err(e) = self.apply_advisory(&bytes) {
+                    debug!(error = %e, "advisory in the DHT refused");
+                }
+            }
         }
     }
 
@@ -717,6 +729,23 @@ impl Runtime {
             ApiCall::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
             }
+            ApiCall::Account {
+                request: crate::account::AccountRequest::AdvisoryPublish { advisory },
+                reply,
+            } => {
+                let result = unhex(&advisory)
+                    .ok_or_else(|| "the advisory must be hex".to_string())
+                    .and_then(|bytes| {
+                        let sequence = self.apply_advisory(&bytes)?;
+                        let net = self.net.clone();
+                        let key = chainmail_session::advisory_dht_key(&network_hash(
+                            &self.opts.network.network.id,
+                        ));
+                        tokio::spawn(async move { net.put_record(key.to_vec(), bytes).await });
+                        Ok(serde_json::json!({ "sequence": sequence }))
+                    });
+                let _ = reply.send(result);
+            }
             ApiCall::Account { request, reply } => {
                 let result = match &mut self.account {
                     Some(a) => a.handle(now, request),
@@ -730,6 +759,36 @@ impl Runtime {
                 let _ = reply.send(result);
             }
         }
+    }
+
+    /// Checks an advisory against the network's advisory key, gives it to
+    /// the account and keeps it if it is the newest seen. Its sequence.
+    fn apply_advisory(&mut self, bytes: &[u8]) -> Result<u64, String> {
+        let key = self
+            .opts
+            .network
+            .advisory_key()
+            .ok_or_else(|| "this network's file names no advisory key".to_string())?;
+        let network = network_hash(&self.opts.network.network.id);
+        let advisory = chainmail_session::Advisory::decode_verified(bytes, &key, &network)
+            .map_err(|e| e.to_string())?;
+        let sequence = advisory.body.sequence;
+        let stored = self
+            .store
+            .kv_get("advisory", b"current")
+            .ok()
+            .flatten()
+            .and_then(|b| chainmail_session::Advisory::decode_verified(&b, &key, &network).ok())
+            .map(|a| a.body.sequence);
+        if stored.is_none_or(|s| s < sequence) {
+            self.store
+                .kv_put("advisory", b"current", bytes)
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(a) = &mut self.account {
+            a.messenger.set_advisory(advisory);
+        }
+        Ok(sequence)
     }
 
     fn status(&self, now: Time) -> Status {
@@ -783,6 +842,24 @@ impl Runtime {
             && account.messenger.poll_timeout().is_some_and(|t| t <= now)
         {
             account.messenger.handle_timeout(now);
+        }
+        if self.account.is_some()
+            && self.opts.network.advisory_key().is_some()
+            && now >= self.next_advisory_fetch
+        {
+            // Every few descriptor refreshes: an advisory is news for
+            // minutes, not seconds.
+            self.next_advisory_fetch =
+                now + (self.opts.descriptor_refresh * 4).max(Duration::from_secs(20));
+            let net = self.net.clone();
+            let tx = self.internal_tx.clone();
+            let key =
+                chainmail_session::advisory_dht_key(&network_hash(&self.opts.network.network.id));
+            tokio::spawn(async move {
+                if let Ok(bytes) = net.get_record(key.to_vec()).await {
+                    let _ = tx.send(Internal::Advisory(bytes)).await;
+                }
+            });
         }
         if now >= self.next_publish {
             self.next_publish = now + self.opts.descriptor_refresh;
@@ -1098,6 +1175,19 @@ fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
         text,
         after_ms,
     })
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect()
 }
 
 fn unhex16(text: &str) -> Option<[u8; 16]> {

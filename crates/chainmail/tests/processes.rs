@@ -426,7 +426,20 @@ fn accounts_request_accept_deny_and_talk() {
     let root = tmp.path();
     let mut procs = Procs(Vec::new());
     let nodes = start_testnet(&mut procs, root, &[]);
-    let network = root.join("network.toml");
+    // The users' network file names an advisory key.
+    let advisory_key = root.join("advisory.key");
+    let out = cli_ok(&[
+        "advisory",
+        "keygen",
+        "--out",
+        advisory_key.to_str().unwrap(),
+    ]);
+    let key_line = out.lines().find(|l| l.starts_with("advisory_key")).unwrap();
+    let network = root.join("users.toml");
+    let text = std::fs::read_to_string(root.join("network.toml")).unwrap();
+    let text = text.replace("[accounts]\n", &format!("[accounts]\n{key_line}\n"));
+    assert!(text.contains("advisory_key"), "{text}");
+    std::fs::write(&network, text).unwrap();
     let mut addresses = HashMap::new();
     for (name, a, b) in [("alice", 0, 1), ("bob", 2, 3), ("carol", 4, 5)] {
         let dir = root.join(name);
@@ -577,6 +590,62 @@ fn accounts_request_accept_deny_and_talk() {
     let b = cli_json(&["verify", &alice_name, "--mark", "--data-dir", &d(&bob)]);
     assert_eq!(a["safety_number"], b["safety_number"]);
     assert_eq!(b["verified"], true);
+
+    // The advisory key's holder lists the version bob runs as unsafe and
+    // publishes it through bob's node; alice's node finds it in the DHT and
+    // warns her.
+    let list = cli_json(&["contact", "list", "--data-dir", &d(&alice)]);
+    let version = list[0]["client_version"].as_str().unwrap().to_string();
+    assert_eq!(list[0]["unsafe_version"], false);
+    let signed = root.join("advisory.hex");
+    cli_ok(&[
+        "advisory",
+        "sign",
+        "--key-file",
+        advisory_key.to_str().unwrap(),
+        "--network",
+        network.to_str().unwrap(),
+        "--sequence",
+        "1",
+        "--unsafe",
+        &format!("chainmail 0.0.1,{version}"),
+        "--out",
+        signed.to_str().unwrap(),
+    ]);
+    // A forged advisory (signed by another key) is refused.
+    let other_key = root.join("other.key");
+    cli_ok(&["advisory", "keygen", "--out", other_key.to_str().unwrap()]);
+    assert!(
+        cli(&[
+            "advisory",
+            "sign",
+            "--key-file",
+            other_key.to_str().unwrap(),
+            "--network",
+            network.to_str().unwrap(),
+            "--sequence",
+            "2",
+            "--unsafe",
+            "x",
+            "--out",
+            root.join("forged.hex").to_str().unwrap(),
+        ])
+        .is_err()
+    );
+    cli_ok(&[
+        "advisory",
+        "publish",
+        signed.to_str().unwrap(),
+        "--data-dir",
+        &d(&bob),
+    ]);
+    wait_for(
+        "alice warned of bob's version",
+        Duration::from_secs(120),
+        || (!inbox(&alice, "unsafe-version").is_empty()).then_some(()),
+    );
+    let list = cli_json(&["contact", "list", "--data-dir", &d(&alice)]);
+    assert_eq!(list[0]["unsafe_version"], true);
 }
 
 fn init_account(network: &Path, dir: &Path, name: &str, extra: &[&str]) -> String {
