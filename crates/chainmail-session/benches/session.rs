@@ -207,4 +207,22 @@ fn main() {
         "  ratio messenger / vodozemac baseline (100 bytes): {:.2}",
         times[0] / times[2]
     );
+
+    // Proof-of-work stamps: attempts per second, so the expected time to
+    // mint at a difficulty of d bits is 2^d / rate.
+    let challenge = [7u8; 32];
+    let start = Instant::now();
+    let mut attempts = 0u64;
+    // Difficulty 32 is never reached in the time allowed: count attempts
+    // through the progress callback and cancel after the budget.
+    let budget = if quick { 0.5 } else { 3.0 };
+    let _ = chainmail_session::Stamp::mint(&challenge, 1, 32, |n| {
+        attempts = n;
+        start.elapsed().as_secs_f64() < budget
+    });
+    let rate = attempts as f64 / start.elapsed().as_secs_f64();
+    println!("stamps: {rate:.0} attempts/s on one core; expected time to mint:");
+    for bits in [12u32, 16, 18, 20, 22] {
+        println!("  {bits} bits: {:.3} s", 2f64.powi(bits as i32) / rate);
+    }
 }
