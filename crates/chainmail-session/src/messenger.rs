@@ -66,7 +66,7 @@ impl MessengerConfig {
         MessengerConfig {
             network,
             client_version: env!("CARGO_PKG_VERSION").into(),
-            stamp_difficulty: 18,
+            stamp_difficulty: 22,
             descriptor_period: Duration::from_secs(24 * 3600),
             max_fragment: chainmail_mixnet::message::MAX_BODY,
             reorder_timeout: Duration::from_secs(120),

@@ -45,7 +45,7 @@ pub(crate) struct AccountSection {
 impl Default for AccountSection {
     fn default() -> Self {
         AccountSection {
-            stamp_difficulty: 18,
+            stamp_difficulty: 22,
             descriptor_period_hours: 24,
             advisory_key: None,
         }
