@@ -58,6 +58,16 @@ pub struct MessengerConfig {
     /// How long to wait before looking an address up again after a
     /// lookup found nothing.
     pub lookup_retry: Duration,
+    /// How long a recipient collects receipts before sending them (one
+    /// envelope for many messages; it also loosens the timing link between
+    /// a message and its receipt).
+    pub receipt_delay: Duration,
+    /// How long after a message reached the recipient's client its receipt
+    /// may take before the message is encrypted and sent again (a message
+    /// delayed past several ratchet steps cannot be opened any more).
+    pub resend_after: Duration,
+    /// Sends of one message, counting the first, before it is failed.
+    pub max_sends: u32,
 }
 
 impl MessengerConfig {
@@ -69,8 +79,11 @@ impl MessengerConfig {
             stamp_difficulty: 22,
             descriptor_period: Duration::from_secs(24 * 3600),
             max_fragment: chainmail_mixnet::message::MAX_BODY,
-            reorder_timeout: Duration::from_secs(120),
+            reorder_timeout: Duration::from_secs(300),
             lookup_retry: Duration::from_secs(30),
+            receipt_delay: Duration::from_secs(1),
+            resend_after: Duration::from_secs(45),
+            max_sends: 4,
         }
     }
 }
@@ -116,9 +129,12 @@ pub enum MessageState {
     Queued,
     /// Handed to the mixnet.
     Sent,
-    /// Every part acknowledged by the recipient's client.
+    /// Every part reached the recipient's client (mixnet acknowledgements),
+    /// not yet confirmed read by its session.
+    Stored,
+    /// The recipient's session opened it (its end-to-end receipt came back).
     Delivered,
-    /// Some part was never acknowledged.
+    /// Some part was never acknowledged, or the recipient could not open it.
     Failed,
 }
 
@@ -128,6 +144,7 @@ impl MessageState {
         match self {
             MessageState::Queued => "queued",
             MessageState::Sent => "sent",
+            MessageState::Stored => "stored",
             MessageState::Delivered => "delivered",
             MessageState::Failed => "failed",
         }
@@ -158,6 +175,9 @@ pub struct Contact {
     /// The version of theirs the user was last warned about.
     #[serde(default)]
     warned_version: Option<String>,
+    /// Messages of theirs to confirm, with when they came.
+    #[serde(default)]
+    receipts: Vec<(Time, MessageId)>,
     next_seq_out: u64,
     next_seq_in: u64,
     /// Envelopes that came early, encoded, with when they came.
@@ -306,6 +326,9 @@ pub struct MessengerStats {
     pub gaps_skipped: u64,
     /// Descriptors that failed to open or verify.
     pub bad_descriptors: u64,
+    /// Messages encrypted and sent again because no receipt came.
+    #[serde(default)]
+    pub resent: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -317,6 +340,16 @@ struct OutMessage {
     /// The encoded fragments, kept until delivered so that a restart (which
     /// loses the mixnet client's retransmission state) sends them again.
     bodies: Vec<Vec<u8>>,
+    /// The envelope (plaintext), kept to encrypt it again if its receipt
+    /// does not come; empty for envelopes that get no receipt.
+    #[serde(default)]
+    envelope: Vec<u8>,
+    /// Sends so far.
+    #[serde(default)]
+    sends: u32,
+    /// When to send again if no receipt came.
+    #[serde(default)]
+    resend_at: Option<Time>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -367,6 +400,15 @@ pub struct MessengerState {
 
 /// Most contacts.
 pub const MAX_CONTACTS: usize = 10_000;
+/// Most message ids in one receipt.
+pub const MAX_RECEIPTS: usize = 50;
+
+/// Whether the recipient confirms an envelope of this kind with a receipt.
+/// Requests are not confirmed (an ignored request tells its sender
+/// nothing); receipts are not confirmed either.
+fn needs_receipt(kind: Kind) -> bool {
+    matches!(kind, Kind::Text | Kind::Accept | Kind::Deny)
+}
 /// Most messages held back per contact waiting for an earlier one.
 pub const MAX_HELD: usize = 1000;
 /// Most messages in flight.
@@ -647,6 +689,7 @@ impl Messenger {
                 key_changed: false,
                 request_text: text.map(String::from),
                 warned_version: None,
+                receipts: Vec::new(),
                 next_seq_out: 1,
                 next_seq_in: 1,
                 held: BTreeMap::new(),
@@ -902,10 +945,17 @@ impl Messenger {
             .ok_or(SessionError::Invalid("no session with this contact"))?;
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
+        // Receipts are outside the numbered conversation: they are applied
+        // at once, never held back, and never leave a gap.
+        let seq = if kind == Kind::Receipt {
+            0
+        } else {
+            contact.next_seq_out
+        };
         let envelope = Envelope {
             kind,
             id,
-            seq: contact.next_seq_out,
+            seq,
             timestamp: now,
             client_version: self.config.client_version.clone(),
             body,
@@ -914,7 +964,9 @@ impl Messenger {
         let message = session
             .encrypt(&plain)
             .map_err(|_| SessionError::Invalid("encryption failed"))?;
-        contact.next_seq_out += 1;
+        if kind != Kind::Receipt {
+            contact.next_seq_out += 1;
+        }
         let frame = match message {
             olm::OlmMessage::PreKey(m) => Frame::PreKey {
                 sender: self.account.address(),
@@ -936,6 +988,13 @@ impl Messenger {
                 fragments: 0,
                 acked: Vec::new(),
                 bodies: Vec::new(),
+                envelope: if needs_receipt(kind) {
+                    plain.clone()
+                } else {
+                    Vec::new()
+                },
+                sends: 1,
+                resend_at: None,
             },
         );
         self.dirty = true;
@@ -1000,7 +1059,16 @@ impl Messenger {
             what: "frame",
             detail: e.to_string(),
         })?;
-        let fragments = fragment(id, &bytes, self.config.max_fragment)?;
+        // Each send gets its own transport id: the recipient's reassembler
+        // remembers completed ids, and a message sent again (encrypted
+        // anew) must not be taken for a copy of the first send.
+        let sends = self.outgoing.get(&id).map_or(1, |m| m.sends);
+        let mut h = blake3::Hasher::new_derive_key("chainmail transport id v1");
+        h.update(&id);
+        h.update(&sends.to_le_bytes());
+        let mut transport = [0u8; 16];
+        transport.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        let fragments = fragment(transport, &bytes, self.config.max_fragment)?;
         let count = u16::try_from(fragments.len()).unwrap_or(u16::MAX);
         let bodies = fragments
             .iter()
@@ -1090,7 +1158,14 @@ impl Messenger {
             *a = true;
         }
         if m.state == MessageState::Sent && m.acked.iter().all(|a| *a) {
-            self.set_state(tag.message, MessageState::Delivered);
+            // Receipts and requests get no receipt: for them, reaching the
+            // recipient's client is the end.
+            let end = if m.envelope.is_empty() {
+                MessageState::Delivered
+            } else {
+                MessageState::Stored
+            };
+            self.set_state(tag.message, end);
         }
     }
 
@@ -1312,6 +1387,14 @@ impl Messenger {
         let Some(c) = self.contacts.get_mut(&sender) else {
             return;
         };
+        if envelope.kind == Kind::Receipt {
+            return self.apply(now, sender, envelope);
+        }
+        // The session opened it: say so (again, if it is a copy whose
+        // receipt was lost).
+        if needs_receipt(envelope.kind) && c.state != ContactState::Denied {
+            c.receipts.push((now, envelope.id));
+        }
         // Order: envelopes are numbered by the sender per conversation.
         if envelope.seq < c.next_seq_in || c.seen_ahead.contains(&envelope.seq) {
             self.stats.duplicates += 1;
@@ -1396,6 +1479,7 @@ impl Messenger {
                 key_changed: false,
                 request_text: text.clone(),
                 warned_version: None,
+                receipts: Vec::new(),
                 next_seq_out: 1,
                 next_seq_in: envelope.seq + 1,
                 held: BTreeMap::new(),
@@ -1427,6 +1511,16 @@ impl Messenger {
                 c.state = ContactState::DeniedByThem;
                 self.events
                     .push_back(MessengerEvent::ContactDenied { contact: sender });
+            }
+            (Kind::Receipt, _) => {
+                for id in envelope.body.chunks_exact(16) {
+                    let Ok(id) = <MessageId>::try_from(id) else {
+                        continue;
+                    };
+                    if self.outgoing.get(&id).is_some_and(|m| m.to == sender) {
+                        self.set_state(id, MessageState::Delivered);
+                    }
+                }
             }
             (Kind::Text, ContactState::Accepted) => {
                 let text = String::from_utf8_lossy(&envelope.body).into_owned();
@@ -1487,9 +1581,107 @@ impl Messenger {
         for a in with_held {
             self.release_held(a, now, true);
         }
+        self.send_receipts(now);
+        self.resend_overdue(now);
         self.reassembler.expire(now);
         if self.mixnet.is_some() && self.next_publish.is_none_or(|t| t <= now) {
             self.publish(now);
+        }
+    }
+
+    /// Sends each contact one envelope confirming the messages of theirs
+    /// that came in at least `receipt_delay` ago.
+    fn send_receipts(&mut self, now: Time) {
+        let delay = self.config.receipt_delay;
+        let due: Vec<Address> = self
+            .contacts
+            .values()
+            .filter(|c| {
+                c.receipts
+                    .first()
+                    .is_some_and(|(t, _)| now.saturating_since(*t) >= delay)
+            })
+            .map(|c| c.address)
+            .collect();
+        for address in due {
+            let Some(c) = self.contacts.get_mut(&address) else {
+                continue;
+            };
+            let take = c.receipts.len().min(MAX_RECEIPTS);
+            let ids: Vec<MessageId> = c.receipts.drain(..take).map(|(_, id)| id).collect();
+            let body: Vec<u8> = ids.iter().flatten().copied().collect();
+            self.dirty = true;
+            if self
+                .send_envelope(now, address, Kind::Receipt, body, false)
+                .is_err()
+            {
+                // Too much in flight: the sender will send again and get a
+                // receipt then.
+                continue;
+            }
+        }
+    }
+
+    /// Messages that reached the recipient's client but whose receipt did
+    /// not come: encrypted again with the current session and sent again,
+    /// or failed after `max_sends`.
+    fn resend_overdue(&mut self, now: Time) {
+        let after = self.config.resend_after;
+        let mut due = Vec::new();
+        for (id, m) in &mut self.outgoing {
+            if m.state != MessageState::Stored || m.envelope.is_empty() {
+                continue;
+            }
+            match m.resend_at {
+                None => {
+                    m.resend_at = Some(now + after * m.sends);
+                    self.dirty = true;
+                }
+                Some(t) if t <= now => due.push(*id),
+                Some(_) => {}
+            }
+        }
+        for id in due {
+            let Some(m) = self.outgoing.get(&id) else {
+                continue;
+            };
+            let (to, sends, envelope) = (m.to, m.sends, m.envelope.clone());
+            if sends >= self.config.max_sends {
+                self.set_state(id, MessageState::Failed);
+                continue;
+            }
+            let frame = self
+                .sessions
+                .get_mut(&to)
+                .and_then(|s| s.first_mut())
+                .and_then(|s| s.encrypt(&envelope).ok())
+                .map(|message| match message {
+                    olm::OlmMessage::PreKey(m) => Frame::PreKey {
+                        sender: self.account.address(),
+                        curve_key: self.account.curve_key(),
+                        binding: self.account.binding(&self.config.network).to_vec(),
+                        stamp: None,
+                        message: m.to_bytes(),
+                    },
+                    olm::OlmMessage::Normal(m) => Frame::Normal {
+                        sender: self.account.address(),
+                        message: m.to_bytes(),
+                    },
+                });
+            let Some(frame) = frame else {
+                self.set_state(id, MessageState::Failed);
+                continue;
+            };
+            if let Some(m) = self.outgoing.get_mut(&id) {
+                m.sends += 1;
+                m.resend_at = None;
+                m.state = MessageState::Queued;
+            }
+            self.stats.resent += 1;
+            self.mixnet_ids.retain(|_, t| t.message != id);
+            if self.transmit(id, to, &frame).is_err() {
+                self.set_state(id, MessageState::Failed);
+            }
         }
     }
 
@@ -1536,8 +1728,20 @@ impl Messenger {
                 .next()
                 .map(|(t, _)| *t + self.config.reorder_timeout)
         });
+        let receipts = self.contacts.values().filter_map(|c| {
+            c.receipts
+                .first()
+                .map(|(t, _)| *t + self.config.receipt_delay)
+        });
+        let resends = self
+            .outgoing
+            .values()
+            .filter(|m| m.state == MessageState::Stored && !m.envelope.is_empty())
+            .map(|m| m.resend_at.unwrap_or(Time(0)));
         lookups
             .chain(held)
+            .chain(receipts)
+            .chain(resends)
             .chain(self.next_publish)
             .min()
             .or(self.mixnet.as_ref().map(|_| Time(0)))

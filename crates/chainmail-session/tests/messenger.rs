@@ -202,15 +202,28 @@ impl World {
         }
     }
 
+    /// Runs until nothing is on the wire and every message sent has
+    /// reached an end state (delivered or failed).
     fn run_until_quiet(&mut self) {
         self.drain();
-        for _ in 0..600 {
-            if self.wire.is_empty() {
+        for _ in 0..1800 {
+            if self.wire.is_empty() && self.open_messages() == 0 {
                 return;
             }
             self.run(Duration::from_secs(1));
         }
         panic!("the wire never went quiet");
+    }
+
+    fn open_messages(&self) -> usize {
+        (0..self.users.len())
+            .map(|u| {
+                self.states(u)
+                    .values()
+                    .filter(|s| !matches!(s, MessageState::Delivered | MessageState::Failed))
+                    .count()
+            })
+            .sum()
     }
 
     fn texts(&self, u: usize, from: usize) -> Vec<String> {
@@ -323,6 +336,11 @@ fn request_accept_and_a_conversation_through_loss_duplication_and_reordering() {
         w.run(Duration::from_millis(700));
     }
     w.run_until_quiet();
+    eprintln!(
+        "alice {:?}\nbob {:?}",
+        w.users[alice].messenger.stats(),
+        w.users[bob].messenger.stats()
+    );
     assert!(w.lost_fragments > 10, "the wire lost fragments");
     assert_eq!(w.texts(bob, alice), expect_bob, "exactly once, in order");
     assert_eq!(w.texts(alice, bob), expect_alice, "exactly once, in order");
