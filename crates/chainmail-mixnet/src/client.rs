@@ -196,6 +196,9 @@ struct Pending {
     attempts: u32,
     retry_at: Option<Time>,
     surbs: Vec<SurbId>,
+    /// Whether the recipient acknowledges it (with a SURB) and it is sent
+    /// again until it does.
+    acknowledged: bool,
 }
 
 struct OwnMailbox {
@@ -369,6 +372,28 @@ impl Client {
         to: &ClientAddress,
         body: &[u8],
     ) -> Result<MessageId, MixnetError> {
+        self.send_with(now, to, body, true)
+    }
+
+    /// Queues a message that carries no SURB: it is sent once, never
+    /// acknowledged, never reported delivered or failed (for messages
+    /// whose loss the layer above repairs, such as end-to-end receipts).
+    pub fn send_unacknowledged(
+        &mut self,
+        now: Time,
+        to: &ClientAddress,
+        body: &[u8],
+    ) -> Result<MessageId, MixnetError> {
+        self.send_with(now, to, body, false)
+    }
+
+    fn send_with(
+        &mut self,
+        now: Time,
+        to: &ClientAddress,
+        body: &[u8],
+        acknowledged: bool,
+    ) -> Result<MessageId, MixnetError> {
         to.validate()?;
         if body.len() > MAX_BODY {
             return Err(MixnetError::MessageTooLong {
@@ -390,6 +415,7 @@ impl Client {
                 attempts: 0,
                 retry_at: None,
                 surbs: vec![],
+                acknowledged,
             },
         );
         self.queue.push_back(id);
@@ -531,6 +557,27 @@ impl Client {
         })?;
         let seal_to = pending.to.seal_key;
         let body = pending.body.clone();
+        if !pending.acknowledged {
+            // Sent once, without a SURB: nothing comes back, nothing to wait
+            // for.
+            let inner = Inner::Data {
+                id,
+                surb: None,
+                body,
+            }
+            .encode()?;
+            let sealed = message::seal(&mut self.rng, &seal_to, &inner);
+            let entry = self
+                .own_provider(&directory)
+                .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
+            let route =
+                directory.route_avoiding(&mut self.rng, entry, their_provider, mean, &self.down)?;
+            let packet = build_packet(&mut self.rng, epoch, &route, their_mailbox, &sealed[..])?;
+            self.pending.remove(&id);
+            self.stats.real_sent += 1;
+            self.outbox.push_back((route[0].node, packet));
+            return Ok(());
+        }
         // The acknowledgement comes back into one of our mailboxes.
         let reply_provider = self
             .own_provider(&directory)

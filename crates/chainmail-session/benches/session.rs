@@ -67,12 +67,21 @@ fn pump(
                         pair[u].handle_lookup_done(NOW, address);
                     }
                     Action::MintStamp { .. } => unreachable!("difficulty 0"),
-                    Action::Transmit { tag, to, body } => {
+                    Action::Transmit {
+                        tag,
+                        to,
+                        body,
+                        acknowledged,
+                    } => {
                         let mixnet_id = [tag.index as u8; 16];
-                        pair[u].handle_transmitted(tag, mixnet_id);
+                        if acknowledged {
+                            pair[u].handle_transmitted(tag, mixnet_id);
+                        }
                         let v = seals.iter().position(|s| *s == to.seal_key).unwrap();
                         pair[v].handle_received(NOW, &body);
-                        pair[u].handle_mixnet_delivered(&mixnet_id);
+                        if acknowledged {
+                            pair[u].handle_mixnet_delivered(&mixnet_id);
+                        }
                     }
                 }
             }

@@ -284,8 +284,11 @@ pub enum Action {
         /// Leading zero bits needed.
         difficulty: u8,
     },
-    /// Give `body` to the mixnet client for `to`, then report its mixnet
-    /// message id with [`Messenger::handle_transmitted`].
+    /// Give `body` to the mixnet client for `to`. If `acknowledged`, with
+    /// `Client::send`, then report its mixnet message id with
+    /// [`Messenger::handle_transmitted`]; if not (end-to-end receipts, whose
+    /// loss a resend of the message repairs), with
+    /// `Client::send_unacknowledged`, and report nothing.
     Transmit {
         /// Which message and fragment.
         tag: FragmentTag,
@@ -293,6 +296,8 @@ pub enum Action {
         to: ClientAddress,
         /// One encoded fragment.
         body: Vec<u8>,
+        /// Whether the mixnet acknowledges and retransmits it.
+        acknowledged: bool,
     },
 }
 
@@ -980,6 +985,12 @@ impl Messenger {
                 message: m.to_bytes(),
             },
         };
+        if kind == Kind::Receipt {
+            // Untracked and unacknowledged: a receipt that is lost costs a
+            // resend of the message it confirms, which brings another.
+            self.transmit_frame(id, to, &frame, 1, false)?;
+            return Ok(id);
+        }
         self.outgoing.insert(
             id,
             OutMessage {
@@ -1048,6 +1059,27 @@ impl Messenger {
     }
 
     fn transmit(&mut self, id: MessageId, to: Address, frame: &Frame) -> Result<(), SessionError> {
+        let sends = self.outgoing.get(&id).map_or(1, |m| m.sends);
+        let bodies = self.transmit_frame(id, to, frame, sends, true)?;
+        let count = u16::try_from(bodies.len()).unwrap_or(u16::MAX);
+        if let Some(m) = self.outgoing.get_mut(&id) {
+            m.fragments = count;
+            m.acked = vec![false; bodies.len()];
+            m.bodies = bodies;
+        }
+        self.set_state(id, MessageState::Sent);
+        Ok(())
+    }
+
+    /// Fragments a frame and hands the fragments out; their encodings.
+    fn transmit_frame(
+        &mut self,
+        id: MessageId,
+        to: Address,
+        frame: &Frame,
+        sends: u32,
+        acknowledged: bool,
+    ) -> Result<Vec<Vec<u8>>, SessionError> {
         let mixnet = self
             .contacts
             .get(&to)
@@ -1062,7 +1094,6 @@ impl Messenger {
         // Each send gets its own transport id: the recipient's reassembler
         // remembers completed ids, and a message sent again (encrypted
         // anew) must not be taken for a copy of the first send.
-        let sends = self.outgoing.get(&id).map_or(1, |m| m.sends);
         let mut h = blake3::Hasher::new_derive_key("chainmail transport id v1");
         h.update(&id);
         h.update(&sends.to_le_bytes());
@@ -1079,15 +1110,10 @@ impl Messenger {
                 tag: FragmentTag { message: id, index },
                 to: mixnet.clone(),
                 body: body.clone(),
+                acknowledged,
             });
         }
-        if let Some(m) = self.outgoing.get_mut(&id) {
-            m.fragments = count;
-            m.acked = vec![false; bodies.len()];
-            m.bodies = bodies;
-        }
-        self.set_state(id, MessageState::Sent);
-        Ok(())
+        Ok(bodies)
     }
 
     /// After a restart: fragments not yet acknowledged are handed to the
@@ -1109,6 +1135,7 @@ impl Messenger {
                         },
                         to: mixnet.clone(),
                         body: body.clone(),
+                        acknowledged: true,
                     });
                 }
             }

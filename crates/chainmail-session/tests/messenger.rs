@@ -34,6 +34,8 @@ struct InFlight {
     mixnet_id: [u8; 16],
     /// Lost once and waiting in the sender's mixnet client to be sent again.
     retry: bool,
+    /// Sent with a SURB: acknowledged, and sent again when lost.
+    acknowledged: bool,
 }
 
 struct World {
@@ -145,9 +147,16 @@ impl World {
                 let stamp = Stamp::mint(&challenge, day, difficulty, |_| true).unwrap();
                 m.handle_stamp(job, stamp);
             }
-            Action::Transmit { tag, to, body } => {
+            Action::Transmit {
+                tag,
+                to,
+                body,
+                acknowledged,
+            } => {
                 let mixnet_id: [u8; 16] = self.rng.random();
-                m.handle_transmitted(tag, mixnet_id);
+                if acknowledged {
+                    m.handle_transmitted(tag, mixnet_id);
+                }
                 let Some(to) = self.user_by_seal(&to.seal_key) else {
                     return;
                 };
@@ -159,6 +168,7 @@ impl World {
                     body,
                     mixnet_id,
                     retry: false,
+                    acknowledged,
                 });
             }
         }
@@ -176,8 +186,12 @@ impl World {
             for f in due {
                 if self.rng.random_bool(self.loss) {
                     // Lost: the sender's mixnet client sends it again after
-                    // its acknowledgement timeout.
+                    // its acknowledgement timeout (unacknowledged ones are
+                    // gone).
                     self.lost_fragments += 1;
+                    if !f.acknowledged {
+                        continue;
+                    }
                     self.wire.push(InFlight {
                         at: self.now + Duration::from_secs(10),
                         retry: true,
@@ -194,9 +208,11 @@ impl World {
                         .messenger
                         .handle_received(self.now, &f.body);
                 }
-                self.users[f.from]
-                    .messenger
-                    .handle_mixnet_delivered(&f.mixnet_id);
+                if f.acknowledged {
+                    self.users[f.from]
+                        .messenger
+                        .handle_mixnet_delivered(&f.mixnet_id);
+                }
             }
             self.drain();
         }

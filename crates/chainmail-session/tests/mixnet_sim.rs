@@ -105,6 +105,7 @@ struct Counters {
     redeliveries_pending: u64,
     redeliveries_silent: u64,
     transmits: u64,
+    receipts_sent: u64,
     transmit_failed: u64,
     mixnet_delivered: u64,
     mixnet_failed: u64,
@@ -349,7 +350,16 @@ impl Sim {
                 let stamp = Stamp::mint(&challenge, day, difficulty, |_| true).unwrap();
                 user.messenger.handle_stamp(job, stamp);
             }
-            Action::Transmit { tag, to, body } => {
+            Action::Transmit {
+                to,
+                body,
+                acknowledged: false,
+                ..
+            } => {
+                self.out.receipts_sent += 1;
+                user.client.send_unacknowledged(now, &to, &body).unwrap();
+            }
+            Action::Transmit { tag, to, body, .. } => {
                 self.out.transmits += 1;
                 match user.client.send(now, &to, &body) {
                     Ok(id) => user.messenger.handle_transmitted(tag, id),

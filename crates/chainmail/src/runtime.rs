@@ -1091,13 +1091,28 @@ fn run_account_action(
 ) {
     use chainmail_session::Action;
     match action {
-        Action::Transmit { tag, to, body } => match client.send(now, &to, &body) {
+        Action::Transmit {
+            tag,
+            to,
+            body,
+            acknowledged: true,
+        } => match client.send(now, &to, &body) {
             Ok(id) => account.messenger.handle_transmitted(tag, id),
             Err(e) => {
                 warn!(error = %e, "the mixnet client refused a message");
                 account.messenger.handle_transmit_failed(tag);
             }
         },
+        Action::Transmit {
+            to,
+            body,
+            acknowledged: false,
+            ..
+        } => {
+            if let Err(e) = client.send_unacknowledged(now, &to, &body) {
+                debug!(error = %e, "the mixnet client refused a receipt");
+            }
+        }
         Action::Publish { key, value, .. } => {
             let net = net.clone();
             tokio::spawn(async move {
