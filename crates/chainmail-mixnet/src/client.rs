@@ -557,51 +557,45 @@ impl Client {
         })?;
         let seal_to = pending.to.seal_key;
         let body = pending.body.clone();
-        if !pending.acknowledged {
-            // Sent once, without a SURB: nothing comes back, nothing to wait
-            // for.
-            let inner = Inner::Data {
-                id,
-                surb: None,
-                body,
-            }
-            .encode()?;
-            let sealed = message::seal(&mut self.rng, &seal_to, &inner);
-            let entry = self
+        let acknowledged = pending.acknowledged;
+        // The acknowledgement comes back into one of our mailboxes, through
+        // a SURB; a message sent unacknowledged carries none.
+        let surb = if acknowledged {
+            let reply_provider = self
                 .own_provider(&directory)
                 .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
-            let route =
-                directory.route_avoiding(&mut self.rng, entry, their_provider, mean, &self.down)?;
-            let packet = build_packet(&mut self.rng, epoch, &route, their_mailbox, &sealed[..])?;
-            self.pending.remove(&id);
-            self.stats.real_sent += 1;
-            self.outbox.push_back((route[0].node, packet));
-            return Ok(());
-        }
-        // The acknowledgement comes back into one of our mailboxes.
-        let reply_provider = self
-            .own_provider(&directory)
-            .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
-        let reply_mailbox = self
-            .mailboxes
-            .iter()
-            .find(|m| m.provider == reply_provider.id)
-            .map(|m| m.id)
-            .ok_or_else(|| MixnetError::NoRoute("own mailbox missing".into()))?;
-        let surb_route = directory.route_avoiding(
-            &mut self.rng,
-            their_provider,
-            reply_provider,
-            mean,
-            &self.down,
-        )?;
-        let (surb, secrets) = build_surb(&mut self.rng, epoch, &surb_route, reply_mailbox)?;
-        let inner = Inner::Data {
-            id,
-            surb: Some(Box::new(surb)),
-            body,
-        }
-        .encode()?;
+            let reply_mailbox = self
+                .mailboxes
+                .iter()
+                .find(|m| m.provider == reply_provider.id)
+                .map(|m| m.id)
+                .ok_or_else(|| MixnetError::NoRoute("own mailbox missing".into()))?;
+            let surb_route = directory.route_avoiding(
+                &mut self.rng,
+                their_provider,
+                reply_provider,
+                mean,
+                &self.down,
+            )?;
+            if self.surbs.len() >= MAX_SURBS {
+                return Err(MixnetError::NoRoute(
+                    "too many acknowledgements outstanding".into(),
+                ));
+            }
+            Some(build_surb(
+                &mut self.rng,
+                epoch,
+                &surb_route,
+                reply_mailbox,
+            )?)
+        } else {
+            None
+        };
+        let (surb, secrets) = match surb {
+            Some((surb, secrets)) => (Some(Box::new(surb)), Some(secrets)),
+            None => (None, None),
+        };
+        let inner = Inner::Data { id, surb, body }.encode()?;
         let sealed = message::seal(&mut self.rng, &seal_to, &inner);
         let entry = self
             .own_provider(&directory)
@@ -609,21 +603,25 @@ impl Client {
         let route =
             directory.route_avoiding(&mut self.rng, entry, their_provider, mean, &self.down)?;
         let packet = build_packet(&mut self.rng, epoch, &route, their_mailbox, &sealed[..])?;
-        let surb_id = secrets.id();
-        if self.surbs.len() >= MAX_SURBS {
-            return Err(MixnetError::NoRoute(
-                "too many acknowledgements outstanding".into(),
-            ));
-        }
-        self.surbs.insert(surb_id, (secrets, id));
-        if let Some(p) = self.pending.get_mut(&id) {
-            if p.attempts > 0 {
-                self.stats.retransmissions += 1;
+        match secrets {
+            None => {
+                // Sent once; nothing comes back, nothing to wait for.
+                self.pending.remove(&id);
             }
-            p.attempts += 1;
-            p.surbs.push(surb_id);
-            let backoff = self.config.ack_timeout * 2u32.saturating_pow(p.attempts - 1).min(64);
-            p.retry_at = Some(now + backoff);
+            Some(secrets) => {
+                let surb_id = secrets.id();
+                self.surbs.insert(surb_id, (secrets, id));
+                if let Some(p) = self.pending.get_mut(&id) {
+                    if p.attempts > 0 {
+                        self.stats.retransmissions += 1;
+                    }
+                    p.attempts += 1;
+                    p.surbs.push(surb_id);
+                    let backoff =
+                        self.config.ack_timeout * 2u32.saturating_pow(p.attempts - 1).min(64);
+                    p.retry_at = Some(now + backoff);
+                }
+            }
         }
         self.stats.real_sent += 1;
         self.outbox.push_back((route[0].node, packet));

@@ -972,19 +972,7 @@ impl Messenger {
         if kind != Kind::Receipt {
             contact.next_seq_out += 1;
         }
-        let frame = match message {
-            olm::OlmMessage::PreKey(m) => Frame::PreKey {
-                sender: self.account.address(),
-                curve_key: self.account.curve_key(),
-                binding: self.account.binding(&self.config.network).to_vec(),
-                stamp: None,
-                message: m.to_bytes(),
-            },
-            olm::OlmMessage::Normal(m) => Frame::Normal {
-                sender: self.account.address(),
-                message: m.to_bytes(),
-            },
-        };
+        let frame = self.frame(message);
         if kind == Kind::Receipt {
             // Untracked and unacknowledged: a receipt that is lost costs a
             // resend of the message it confirms, which brings another.
@@ -1037,6 +1025,24 @@ impl Messenger {
             self.transmit(id, to, &frame)?;
         }
         Ok(id)
+    }
+
+    /// The frame that carries an Olm message: a session's first messages
+    /// name the sender's keys and prove they belong to its address.
+    fn frame(&self, message: olm::OlmMessage) -> Frame {
+        match message {
+            olm::OlmMessage::PreKey(m) => Frame::PreKey {
+                sender: self.account.address(),
+                curve_key: self.account.curve_key(),
+                binding: self.account.binding(&self.config.network).to_vec(),
+                stamp: None,
+                message: m.to_bytes(),
+            },
+            olm::OlmMessage::Normal(m) => Frame::Normal {
+                sender: self.account.address(),
+                message: m.to_bytes(),
+            },
+        }
     }
 
     /// A stamp minted for an [`Action::MintStamp`].
@@ -1682,19 +1688,7 @@ impl Messenger {
                 .get_mut(&to)
                 .and_then(|s| s.first_mut())
                 .and_then(|s| s.encrypt(&envelope).ok())
-                .map(|message| match message {
-                    olm::OlmMessage::PreKey(m) => Frame::PreKey {
-                        sender: self.account.address(),
-                        curve_key: self.account.curve_key(),
-                        binding: self.account.binding(&self.config.network).to_vec(),
-                        stamp: None,
-                        message: m.to_bytes(),
-                    },
-                    olm::OlmMessage::Normal(m) => Frame::Normal {
-                        sender: self.account.address(),
-                        message: m.to_bytes(),
-                    },
-                });
+                .map(|message| self.frame(message));
             let Some(frame) = frame else {
                 self.set_state(id, MessageState::Failed);
                 continue;
