@@ -68,6 +68,14 @@ pub struct MessengerConfig {
     pub resend_after: Duration,
     /// Sends of one message, counting the first, before it is failed.
     pub max_sends: u32,
+    /// When the mixnet client gave up on a message (its recipient offline
+    /// longer than the mixnet retransmits), how long to wait before
+    /// encrypting and sending it again; the copies already in the
+    /// recipient's mailboxes may still arrive and be confirmed meanwhile.
+    pub offline_resend_after: Duration,
+    /// A message without a receipt this long after it was written is
+    /// failed (mailboxes keep mail about this long).
+    pub max_wait: Duration,
 }
 
 impl MessengerConfig {
@@ -84,6 +92,8 @@ impl MessengerConfig {
             receipt_delay: Duration::from_secs(1),
             resend_after: Duration::from_secs(45),
             max_sends: 4,
+            offline_resend_after: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -355,6 +365,13 @@ struct OutMessage {
     /// When to send again if no receipt came.
     #[serde(default)]
     resend_at: Option<Time>,
+    /// When it was written.
+    #[serde(default)]
+    created: Time,
+    /// The mixnet client gave up on a fragment: the recipient has been
+    /// offline for a while.
+    #[serde(default)]
+    mixnet_gave_up: bool,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -994,6 +1011,8 @@ impl Messenger {
                 },
                 sends: 1,
                 resend_at: None,
+                created: now,
+                mixnet_gave_up: false,
             },
         );
         self.dirty = true;
@@ -1202,11 +1221,23 @@ impl Messenger {
         }
     }
 
-    /// The mixnet client gave up on `mixnet_id`.
+    /// The mixnet client gave up on `mixnet_id`. A message that gets a
+    /// receipt is not failed for that: its copies may wait in the
+    /// recipient's mailboxes, and it is sent again later
+    /// (`offline_resend_after`) until a receipt comes or `max_wait` passes.
     pub fn handle_mixnet_failed(&mut self, mixnet_id: &[u8; 16]) {
-        if let Some(tag) = self.mixnet_ids.remove(mixnet_id) {
-            self.dirty = true;
-            self.set_state(tag.message, MessageState::Failed);
+        let Some(tag) = self.mixnet_ids.remove(mixnet_id) else {
+            return;
+        };
+        self.dirty = true;
+        match self.outgoing.get_mut(&tag.message) {
+            Some(m) if !m.envelope.is_empty() => {
+                if !m.mixnet_gave_up {
+                    m.mixnet_gave_up = true;
+                    m.resend_at = None;
+                }
+            }
+            _ => self.set_state(tag.message, MessageState::Failed),
         }
     }
 
@@ -1660,14 +1691,20 @@ impl Messenger {
     /// or failed after `max_sends`.
     fn resend_overdue(&mut self, now: Time) {
         let after = self.config.resend_after;
+        let offline = self.config.offline_resend_after;
         let mut due = Vec::new();
         for (id, m) in &mut self.outgoing {
-            if m.state != MessageState::Stored || m.envelope.is_empty() {
+            if m.envelope.is_empty() || !(m.state == MessageState::Stored || m.mixnet_gave_up) {
                 continue;
             }
             match m.resend_at {
                 None => {
-                    m.resend_at = Some(now + after * m.sends);
+                    let wait = if m.mixnet_gave_up {
+                        offline
+                    } else {
+                        after * m.sends
+                    };
+                    m.resend_at = Some(now + wait);
                     self.dirty = true;
                 }
                 Some(t) if t <= now => due.push(*id),
@@ -1679,8 +1716,16 @@ impl Messenger {
                 continue;
             };
             let (to, sends, envelope) = (m.to, m.sends, m.envelope.clone());
-            if sends >= self.config.max_sends {
+            let too_old = now.saturating_since(m.created) >= self.config.max_wait;
+            if too_old || (sends >= self.config.max_sends && !m.mixnet_gave_up) {
                 self.set_state(id, MessageState::Failed);
+                continue;
+            }
+            if sends >= self.config.max_sends {
+                // Sent often enough: only wait for the receipt now.
+                if let Some(m) = self.outgoing.get_mut(&id) {
+                    m.resend_at = Some(m.created + self.config.max_wait);
+                }
                 continue;
             }
             let frame = self
@@ -1696,6 +1741,7 @@ impl Messenger {
             if let Some(m) = self.outgoing.get_mut(&id) {
                 m.sends += 1;
                 m.resend_at = None;
+                m.mixnet_gave_up = false;
                 m.state = MessageState::Queued;
             }
             self.stats.resent += 1;
@@ -1757,7 +1803,9 @@ impl Messenger {
         let resends = self
             .outgoing
             .values()
-            .filter(|m| m.state == MessageState::Stored && !m.envelope.is_empty())
+            .filter(|m| {
+                !m.envelope.is_empty() && (m.state == MessageState::Stored || m.mixnet_gave_up)
+            })
             .map(|m| m.resend_at.unwrap_or(Time(0)));
         lookups
             .chain(held)

@@ -48,6 +48,9 @@ struct World {
     duplicate: f64,
     delivered_fragments: u64,
     lost_fragments: u64,
+    /// Users whose node is off: what is sent to them waits in their
+    /// mailboxes.
+    offline: Vec<bool>,
 }
 
 fn config(difficulty: u8) -> MessengerConfig {
@@ -69,6 +72,7 @@ impl World {
             duplicate,
             delivered_fragments: 0,
             lost_fragments: 0,
+            offline: Vec::new(),
         }
     }
 
@@ -92,6 +96,7 @@ impl World {
             seal,
             events: Vec::new(),
         });
+        self.offline.push(false);
         self.users.len() - 1
     }
 
@@ -184,6 +189,15 @@ impl World {
                 .partition(|f| f.at <= self.now);
             self.wire = rest;
             for f in due {
+                if self.offline[f.to] {
+                    // Waits in the mailbox; nobody fetches, nobody
+                    // acknowledges.
+                    self.wire.push(InFlight {
+                        at: self.now + Duration::from_secs(1),
+                        ..f
+                    });
+                    continue;
+                }
                 if self.rng.random_bool(self.loss) {
                     // Lost: the sender's mixnet client sends it again after
                     // its acknowledgement timeout (unacknowledged ones are
@@ -682,4 +696,62 @@ fn an_advisory_warns_about_contacts_on_unsafe_versions() {
         .set_advisory(advisory(2, &["chainmail 0.0.9"]));
     w.drain();
     assert_eq!(warnings(&w), 1);
+}
+
+/// Bob is offline for three hours. Alice's mixnet client gives up on her
+/// messages after its retransmissions (about ten minutes); her messages are
+/// not failed for that: they wait in bob's mailboxes, are sent again
+/// (encrypted anew) an hour later, and when bob comes back he shows each
+/// once, in order, and his receipts make them delivered.
+#[test]
+fn a_recipient_offline_for_hours_gets_everything_and_the_sender_learns_it() {
+    let mut w = World::new(11, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let b_addr = w.address(bob);
+    w.offline[bob] = true;
+    let mut ids = Vec::new();
+    for k in 0..5 {
+        ids.push(
+            w.users[alice]
+                .messenger
+                .send_text(w.now, &b_addr, &format!("while away {k}"))
+                .unwrap(),
+        );
+    }
+    w.run(Duration::from_secs(15 * 60));
+    // The mixnet client gives up on every fragment not acknowledged.
+    let pending: Vec<[u8; 16]> = w
+        .wire
+        .iter()
+        .filter(|f| f.from == alice && f.acknowledged)
+        .map(|f| f.mixnet_id)
+        .collect();
+    assert!(!pending.is_empty());
+    for id in &pending {
+        w.users[alice].messenger.handle_mixnet_failed(id);
+    }
+    w.run(Duration::from_secs(3 * 3600));
+    let states = w.states(alice);
+    for id in &ids {
+        assert_ne!(
+            states.get(id),
+            Some(&MessageState::Failed),
+            "not failed while bob is away"
+        );
+        assert_ne!(states.get(id), Some(&MessageState::Delivered));
+    }
+    assert!(
+        w.users[alice].messenger.stats().resent >= 5,
+        "sent again after an hour"
+    );
+    // Bob comes back.
+    w.offline[bob] = false;
+    w.run_until_quiet();
+    let expected: Vec<String> = (0..5).map(|k| format!("while away {k}")).collect();
+    assert_eq!(w.texts(bob, alice), expected, "each once, in order");
+    let states = w.states(alice);
+    for id in &ids {
+        assert_eq!(states.get(id), Some(&MessageState::Delivered));
+    }
 }
