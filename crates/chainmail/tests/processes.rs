@@ -773,15 +773,13 @@ fn accounts_survive_offline_restart_strangers_and_a_new_device() {
     assert_eq!(texts(&alice), to_alice, "exactly once, in order");
     // Bob's history from before the crash is still there.
     assert_eq!(inbox(&bob, "request").len(), 1);
-    wait_for(
-        "all of alice's messages delivered",
-        Duration::from_secs(300),
-        || {
-            let s = cli_json(&["status", "--data-dir", &d(&alice)]);
+    for dir in [&alice, &bob] {
+        wait_for("every message delivered", Duration::from_secs(300), || {
+            let s = cli_json(&["status", "--data-dir", &d(dir)]);
             let m = s["messages"].as_array().unwrap().clone();
             (m.len() == 50 && m.iter().all(|m| m["state"] == "delivered")).then_some(())
-        },
-    );
+        });
+    }
 
     // A stranger whose client mints no stamps.
     let cheap = root.join("no-stamps.toml");
