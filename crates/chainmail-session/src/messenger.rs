@@ -84,7 +84,7 @@ impl MessengerConfig {
         MessengerConfig {
             network,
             client_version: env!("CARGO_PKG_VERSION").into(),
-            stamp_difficulty: 22,
+            stamp_difficulty: DEFAULT_STAMP_DIFFICULTY,
             descriptor_period: Duration::from_secs(24 * 3600),
             max_fragment: chainmail_mixnet::message::MAX_BODY,
             reorder_timeout: Duration::from_secs(300),
@@ -420,6 +420,9 @@ pub struct MessengerState {
     stats: MessengerStats,
 }
 
+/// Leading zero bits of a stranger's stamp unless the network says
+/// otherwise: about 0.4 s of one laptop core (BENCHMARKS.md).
+pub const DEFAULT_STAMP_DIFFICULTY: u8 = 22;
 /// Most contacts.
 pub const MAX_CONTACTS: usize = 10_000;
 /// Most message ids in one receipt.

@@ -121,7 +121,7 @@ pub(crate) fn init(
                     .with_context(|| format!("reading the identity file {}", path.display()))?,
             );
             let seed = Zeroizing::new(
-                unhex32(text.trim())
+                crate::runtime::unhex_array::<32>(text.trim())
                     .ok_or_else(|| anyhow!("{} must hold 64 hex digits", path.display()))?,
             );
             Account::new(ed25519_dalek::SigningKey::from_bytes(&seed))
@@ -552,15 +552,4 @@ impl AccountDriver {
             }
         }
     }
-}
-
-pub(crate) fn unhex32(text: &str) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }

@@ -147,7 +147,7 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
                 std::fs::read_to_string(&key_file)
                     .with_context(|| format!("reading {}", key_file.display()))?,
             );
-            let seed = crate::account::unhex32(text.trim())
+            let seed = crate::runtime::unhex_array::<32>(text.trim())
                 .with_context(|| format!("{} must hold 64 hex digits", key_file.display()))?;
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
             if network.advisory_key() != Some(key.verifying_key()) {

@@ -283,18 +283,9 @@ fn parse_roles(text: &str) -> Result<Roles> {
 }
 
 fn parse_node_id(text: &str) -> Result<NodeId> {
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()
-        .with_context(|| format!("provider {text:?} is not a hex node id"))?;
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("provider {text:?} must be 64 hex digits"))?;
-    Ok(NodeId(bytes))
+    runtime::unhex_array::<32>(text)
+        .map(NodeId)
+        .with_context(|| format!("provider {text:?} must be a node id: 64 hex digits"))
 }
 
 fn main() -> std::process::ExitCode {

@@ -45,7 +45,7 @@ pub(crate) struct AccountSection {
 impl Default for AccountSection {
     fn default() -> Self {
         AccountSection {
-            stamp_difficulty: 22,
+            stamp_difficulty: chainmail_session::messenger::DEFAULT_STAMP_DIFFICULTY,
             descriptor_period_hours: 24,
             advisory_key: None,
         }
@@ -177,13 +177,7 @@ impl NetworkFile {
     /// The advisory key, if the file names a valid one.
     pub(crate) fn advisory_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
         let text = self.accounts.advisory_key.as_deref()?.trim();
-        if text.len() != 64 {
-            return None;
-        }
-        let mut bytes = [0u8; 32];
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        let bytes = crate::runtime::unhex_array::<32>(text)?;
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
     }
 

@@ -528,7 +528,7 @@ impl Runtime {
             client.restore_seen(
                 log.iter()
                     .filter(|e| e.kind == "received")
-                    .filter_map(|e| unhex16(&e.id)),
+                    .filter_map(|e| unhex_array::<16>(&e.id)),
             );
         }
         info!(address = %client.address().to_text(), "client ready");
@@ -1015,11 +1015,14 @@ impl Runtime {
                 }
             }
             if let Some(account) = &mut self.account {
+                // Stored before anything it caused leaves (a published
+                // descriptor names one-time keys that must survive a crash).
+                // What the actions change (mixnet ids) is written with the
+                // next batch; a restart hands undelivered fragments out again.
                 account.persist(now).context("storing the account")?;
                 while let Some(action) = account.messenger.poll_action() {
                     run_account_action(now, &self.net, &self.internal_tx, client, account, action);
                 }
-                account.persist(now).context("storing the account")?;
             }
             // With the messages stored, the cursors move: the next fetch
             // deletes those items at the provider.
@@ -1192,7 +1195,8 @@ fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
     })
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// Bytes from hex (either case); `None` if it is not hex.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }
@@ -1205,15 +1209,9 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn unhex16(text: &str) -> Option<[u8; 16]> {
-    let bytes: Vec<u8> = (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<_>>()?;
-    bytes.try_into().ok()
+/// Exactly `N` bytes from hex.
+pub(crate) fn unhex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
+    unhex(text)?.try_into().ok()
 }
 
 /// Lowercase hex.
