@@ -15,6 +15,13 @@ use serde_json::Value;
 
 const EXE: &str = env!("CARGO_BIN_EXE_chainmail");
 
+/// Each test runs a whole network of processes: on a 2-core machine two
+/// at once starve each other's timers, so they take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Children are killed when the test ends, however it ends.
 struct Procs(Vec<Child>);
 
@@ -226,6 +233,7 @@ fn start_client(procs: &mut Procs, network: &Path, dir: &Path, providers: &[&str
 
 #[test]
 fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut procs = Procs(Vec::new());
@@ -343,6 +351,7 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
 /// the previous key during its grace, and every message arrives once.
 #[test]
 fn messages_flow_across_key_rotations() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut procs = Procs(Vec::new());
@@ -422,6 +431,7 @@ fn contact_state(dir: &Path, name: &str) -> Option<String> {
 /// denied; safety numbers agree.
 #[test]
 fn accounts_request_accept_deny_and_talk() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut procs = Procs(Vec::new());
@@ -676,6 +686,7 @@ fn peer_id(dir: &Path) -> String {
 /// node never connects to bob's.
 #[test]
 fn accounts_survive_offline_restart_strangers_and_a_new_device() {
+    let _one_at_a_time = serial();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let mut procs = Procs(Vec::new());
