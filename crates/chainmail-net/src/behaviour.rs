@@ -1,7 +1,7 @@
 //! The node's composed network behaviour and how it is built from a
 //! [`NetConfig`].
 
-use std::{collections::HashSet, sync::Arc};
+use std::sync::Arc;
 
 use libp2p::{
     StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
@@ -14,12 +14,15 @@ use crate::{
     metrics::Counters,
     packet,
     protocol::FetchCodec,
+    topics::{self, SubscriptionFilter},
 };
 
-/// Gossipsub limited to the descriptor topic: subscriptions of remote peers
-/// to any other topic are ignored, so its per-peer state stays bounded.
-pub(crate) type Gossipsub =
-    gossipsub::Behaviour<gossipsub::IdentityTransform, gossipsub::WhitelistSubscriptionFilter>;
+/// Gossipsub limited to the descriptor topic and community topics:
+/// subscriptions of remote peers to any other topic are ignored, and at most
+/// [`Limits::max_community_topics_per_peer`](crate::Limits::max_community_topics_per_peer)
+/// community topics are remembered per peer, so its per-peer state stays
+/// bounded.
+pub(crate) type Gossipsub = gossipsub::Behaviour<gossipsub::IdentityTransform, SubscriptionFilter>;
 
 /// Room for gossipsub's framing (signature, key, topic, sequence number)
 /// on top of the payload.
@@ -108,7 +111,18 @@ impl NodeBehaviour {
             .validation_mode(gossipsub::ValidationMode::Strict)
             .heartbeat_interval(timeouts.gossip_heartbeat)
             .heartbeat_initial_delay(timeouts.gossip_heartbeat)
-            .max_transmit_size(limits.max_gossip_size + GOSSIP_OVERHEAD)
+            // Room for the largest message, and for the announcement of
+            // all topics of a node (sent in one RPC): ours, or a peer's
+            // within the per-peer cap.
+            .max_transmit_size(
+                (limits.max_gossip_size + GOSSIP_OVERHEAD).max(
+                    topics::max_subscriptions_rpc_size(
+                        limits
+                            .max_community_topics
+                            .max(limits.max_community_topics_per_peer),
+                    ) + GOSSIP_OVERHEAD,
+                ),
+            )
             .build()
             .map_err(|e| NetError::InvalidConfig {
                 field: "limits.max_gossip_size",
@@ -117,7 +131,7 @@ impl NodeBehaviour {
         let mut gossipsub = Gossipsub::new_with_subscription_filter(
             gossipsub::MessageAuthenticity::Signed(keypair.clone()),
             gossip_config,
-            gossipsub::WhitelistSubscriptionFilter(HashSet::from([topic.hash()])),
+            topics::subscription_filter(names, limits.max_community_topics_per_peer),
         )
         .map_err(|e| NetError::InvalidConfig {
             field: "limits",

@@ -7,6 +7,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::NetError;
 
+/// Upper bound on [`Limits::max_community_topics`] and
+/// [`Limits::max_community_topics_per_peer`].
+const MAX_COMMUNITY_TOPICS: usize = 1024;
+
 /// The 32-byte Ed25519 secret key (seed) of the node's identity. Its public
 /// key is the node's 32-byte name in the mixnet and, wrapped, its libp2p
 /// [`PeerId`](libp2p::PeerId).
@@ -93,8 +97,25 @@ pub struct Limits {
     /// Outbound fetch requests waiting for a response, and inbound requests
     /// waiting for the application's reply. Default 256 each.
     pub max_pending_requests: usize,
-    /// Largest gossip message payload, in bytes. Default 64 KiB.
+    /// Largest gossip message payload, in bytes, on the descriptor topic
+    /// and on community topics alike. Inbound messages with a larger payload
+    /// are dropped and counted in
+    /// [`NetMetrics::gossip_too_large`](crate::NetMetrics::gossip_too_large).
+    /// Default 64 KiB.
     pub max_gossip_size: usize,
+    /// Community topics (see
+    /// [`ProtocolNames::community_topic_prefix`]) this node may be
+    /// subscribed to at once; [`NetHandle::subscribe`](crate::NetHandle::subscribe)
+    /// beyond it fails with [`NetError::TooManyTopics`]. Keep it at most
+    /// `max_community_topics_per_peer` of the other nodes: a peer ignores
+    /// every subscription of a node that announces more topics than it
+    /// accepts. Default 256.
+    pub max_community_topics: usize,
+    /// Community topics remembered per remote peer. Subscriptions that
+    /// would take a peer over it are ignored (the whole announcement they
+    /// came in). Default 256, the same as `max_community_topics`, so that
+    /// nodes with the default limits always accept each other.
+    pub max_community_topics_per_peer: usize,
     /// Largest DHT record value, in bytes. Default 16 KiB.
     pub max_record_size: usize,
     /// DHT records this node stores for others and itself. Default 4096.
@@ -131,6 +152,8 @@ impl Default for Limits {
             max_concurrent_request_streams: 16,
             max_pending_requests: 256,
             max_gossip_size: 64 * 1024,
+            max_community_topics: 256,
+            max_community_topics_per_peer: 256,
             max_record_size: 16 * 1024,
             max_records: 4096,
             max_pending_queries: 64,
@@ -247,7 +270,7 @@ impl NetConfig {
             }
         }
         let l = &self.limits;
-        let nonzero: [(&'static str, u64); 20] = [
+        let nonzero: [(&'static str, u64); 22] = [
             ("limits.max_connections", l.max_connections.into()),
             (
                 "limits.max_connections_per_peer",
@@ -287,6 +310,11 @@ impl NetConfig {
             ),
             ("limits.max_pending_requests", l.max_pending_requests as u64),
             ("limits.max_gossip_size", l.max_gossip_size as u64),
+            ("limits.max_community_topics", l.max_community_topics as u64),
+            (
+                "limits.max_community_topics_per_peer",
+                l.max_community_topics_per_peer as u64,
+            ),
             ("limits.max_record_size", l.max_record_size as u64),
             ("limits.max_records", l.max_records as u64),
             ("limits.max_pending_queries", l.max_pending_queries as u64),
@@ -314,6 +342,23 @@ impl NetConfig {
                 return Err(NetError::InvalidConfig {
                     field,
                     reason: format!("is {value} bytes, at most {cap} is allowed"),
+                });
+            }
+        }
+        // Topic counts size gossipsub's per-peer state and its largest
+        // subscription announcement.
+        let topics: [(&'static str, usize); 2] = [
+            ("limits.max_community_topics", l.max_community_topics),
+            (
+                "limits.max_community_topics_per_peer",
+                l.max_community_topics_per_peer,
+            ),
+        ];
+        for (field, value) in topics {
+            if value > MAX_COMMUNITY_TOPICS {
+                return Err(NetError::InvalidConfig {
+                    field,
+                    reason: format!("is {value}, at most {MAX_COMMUNITY_TOPICS} is allowed"),
                 });
             }
         }
@@ -380,6 +425,10 @@ pub struct ProtocolNames {
     pub gossipsub: String,
     /// Gossipsub topic of node descriptors: `chainmail/<id>/descriptors/1`.
     pub descriptor_topic: String,
+    /// Prefix of every community topic: `chainmail/<id>/community/`. A
+    /// community topic is this prefix followed by a non-empty name, at most
+    /// [`MAX_TOPIC_LEN`](crate::MAX_TOPIC_LEN) bytes in all.
+    pub community_topic_prefix: String,
 }
 
 impl ProtocolNames {
@@ -392,6 +441,7 @@ impl ProtocolNames {
             identify_version: format!("/chainmail/{network_id}/1.0.0"),
             gossipsub: format!("/chainmail/{network_id}/meshsub/1.1.0"),
             descriptor_topic: format!("chainmail/{network_id}/descriptors/1"),
+            community_topic_prefix: format!("chainmail/{network_id}/community/"),
         }
     }
 }
@@ -417,6 +467,7 @@ mod tests {
         assert_eq!(names.fetch, "/chainmail/net-1/fetch/1.0.0");
         assert_eq!(names.identify_version, "/chainmail/net-1/1.0.0");
         assert_eq!(names.descriptor_topic, "chainmail/net-1/descriptors/1");
+        assert_eq!(names.community_topic_prefix, "chainmail/net-1/community/");
     }
 
     #[test]
@@ -449,6 +500,23 @@ mod tests {
         let mut config = NetConfig::new("n", [1; 32]);
         config.timeouts.request = Duration::ZERO;
         assert!(config.validate().is_err());
+        let mut config = NetConfig::new("n", [1; 32]);
+        config.limits.max_community_topics_per_peer = 0;
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("max_community_topics_per_peer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn topic_counts_are_capped() {
+        let mut config = NetConfig::new("n", [1; 32]);
+        config.limits.max_community_topics = MAX_COMMUNITY_TOPICS;
+        config.validate().unwrap();
+        config.limits.max_community_topics = MAX_COMMUNITY_TOPICS + 1;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("max_community_topics"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ use crate::{
     keys::node_key_from_peer_id,
     metrics::{Counters, NetMetrics, dec, inc},
     packet,
+    topics::{check_community_topic, is_community_topic},
 };
 
 /// Listen addresses remembered by the driver (a node has a handful).
@@ -145,6 +146,7 @@ impl Net {
             max_record_size: config.limits.max_record_size,
             request_timeout: config.timeouts.request,
             query_timeout: config.timeouts.kad_query,
+            community_prefix: names.community_topic_prefix.as_str().into(),
         };
         let driver = Driver {
             swarm,
@@ -154,6 +156,8 @@ impl Net {
             names,
             kad_protocol,
             topic,
+            max_gossip_size: config.limits.max_gossip_size,
+            max_community_topics: config.limits.max_community_topics,
             max_pending_requests: config.limits.max_pending_requests,
             max_pending_queries: config.limits.max_pending_queries,
             max_response_size: config.limits.max_response_size,
@@ -185,6 +189,18 @@ pub enum NetEvent {
         /// The author, whose signature gossipsub checked.
         source: PeerId,
         /// The payload.
+        bytes: Vec<u8>,
+    },
+    /// A message on a community topic this node is subscribed to (see
+    /// [`NetHandle::subscribe`]), signed by `source`.
+    TopicMessage {
+        /// The topic, which starts with
+        /// [`ProtocolNames::community_topic_prefix`].
+        topic: String,
+        /// The author, whose signature gossipsub checked.
+        source: PeerId,
+        /// The payload, at most
+        /// [`Limits::max_gossip_size`](crate::Limits::max_gossip_size) bytes.
         bytes: Vec<u8>,
     },
     /// A fetch request. Answer it with [`ReplyHandle::send`] within
@@ -227,6 +243,16 @@ impl fmt::Debug for NetEvent {
                 .finish_non_exhaustive(),
             Self::GossipReceived { source, bytes } => f
                 .debug_struct("GossipReceived")
+                .field("source", source)
+                .field("len", &bytes.len())
+                .finish(),
+            Self::TopicMessage {
+                topic,
+                source,
+                bytes,
+            } => f
+                .debug_struct("TopicMessage")
+                .field("topic_len", &topic.len())
                 .field("source", source)
                 .field("len", &bytes.len())
                 .finish(),
@@ -328,6 +354,23 @@ enum Command {
         bytes: Vec<u8>,
         reply: Reply<()>,
     },
+    Subscribe {
+        topic: String,
+        reply: Reply<()>,
+    },
+    Unsubscribe {
+        topic: String,
+        reply: Reply<()>,
+    },
+    PublishTo {
+        topic: String,
+        bytes: Vec<u8>,
+        reply: Reply<()>,
+    },
+    TopicPeers {
+        topic: String,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     PutRecord {
         key: Vec<u8>,
         value: Vec<u8>,
@@ -384,6 +427,7 @@ pub struct NetHandle {
     max_record_size: usize,
     request_timeout: Duration,
     query_timeout: Duration,
+    community_prefix: Arc<str>,
 }
 
 impl fmt::Debug for NetHandle {
@@ -463,6 +507,68 @@ impl NetHandle {
             });
         }
         self.ask(|reply| Command::Publish { bytes, reply }).await
+    }
+
+    /// Subscribes to the community topic `topic`: from now on its messages
+    /// arrive as [`NetEvent::TopicMessage`], and peers learn that this node
+    /// is subscribed (which they can see: a subscription is not private).
+    ///
+    /// `topic` must be
+    /// [`ProtocolNames::community_topic_prefix`] followed by a non-empty
+    /// name, at most [`MAX_TOPIC_LEN`](crate::MAX_TOPIC_LEN) bytes in all
+    /// ([`NetError::InvalidTopic`] otherwise). Subscribing to a topic the
+    /// node is already subscribed to does nothing; subscribing to more than
+    /// [`Limits::max_community_topics`](crate::Limits::max_community_topics)
+    /// fails with [`NetError::TooManyTopics`].
+    pub async fn subscribe(&self, topic: String) -> Result<(), NetError> {
+        check_community_topic(&self.community_prefix, &topic)?;
+        self.ask(|reply| Command::Subscribe { topic, reply }).await
+    }
+
+    /// Unsubscribes from the community topic `topic` and tells the peers.
+    /// Once this returns, no new [`NetEvent::TopicMessage`] for it is
+    /// produced (those already in the event queue stay there). Does nothing
+    /// if the node is not subscribed. `topic` is checked as by
+    /// [`subscribe`](Self::subscribe).
+    pub async fn unsubscribe(&self, topic: String) -> Result<(), NetError> {
+        check_community_topic(&self.community_prefix, &topic)?;
+        self.ask(|reply| Command::Unsubscribe { topic, reply })
+            .await
+    }
+
+    /// Publishes `bytes` on the community topic `topic` (signed with the
+    /// node's identity), to every connected peer known to be subscribed to
+    /// it. The node need not be subscribed itself.
+    ///
+    /// `topic` is checked as by [`subscribe`](Self::subscribe); `bytes` may
+    /// have at most [`Limits::max_gossip_size`](crate::Limits::max_gossip_size)
+    /// bytes. Fails with [`NetError::PublishFailed`] if no connected peer is
+    /// subscribed to the topic (yet): not fatal, retry later or once
+    /// [`topic_peers`](Self::topic_peers) is not empty.
+    pub async fn publish_to(&self, topic: String, bytes: Vec<u8>) -> Result<(), NetError> {
+        check_community_topic(&self.community_prefix, &topic)?;
+        if bytes.len() > self.max_gossip_size {
+            return Err(NetError::GossipTooLarge {
+                size: bytes.len(),
+                max: self.max_gossip_size,
+            });
+        }
+        self.ask(|reply| Command::PublishTo {
+            topic,
+            bytes,
+            reply,
+        })
+        .await
+    }
+
+    /// Connected peers known to be subscribed to the community topic
+    /// `topic` (from their own announcements), whether or not this node is
+    /// subscribed. `topic` is checked as by [`subscribe`](Self::subscribe).
+    pub async fn topic_peers(&self, topic: String) -> Result<Vec<PeerId>, NetError> {
+        check_community_topic(&self.community_prefix, &topic)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::TopicPeers { topic, reply }).await?;
+        answer.await.map_err(|_| NetError::Stopped)
     }
 
     /// Stores `value` under `key` locally and at the peers closest to the
@@ -566,7 +672,10 @@ struct Driver {
     counters: Arc<Counters>,
     names: ProtocolNames,
     kad_protocol: StreamProtocol,
+    /// The descriptor topic.
     topic: gossipsub::IdentTopic,
+    max_gossip_size: usize,
+    max_community_topics: usize,
     max_pending_requests: usize,
     max_pending_queries: usize,
     max_response_size: usize,
@@ -649,6 +758,47 @@ impl Driver {
                     Err(error) => Err(NetError::PublishFailed(error.to_string())),
                 };
                 let _ = reply.send(result);
+            }
+            Command::Subscribe { topic, reply } => {
+                let _ = reply.send(self.subscribe(topic));
+            }
+            Command::Unsubscribe { topic, reply } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                // `false`: was not subscribed; nothing to do.
+                let _ = self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                let _ = reply.send(Ok(()));
+            }
+            Command::PublishTo {
+                topic,
+                bytes,
+                reply,
+            } => {
+                let topic = gossipsub::IdentTopic::new(topic);
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => {
+                        inc(&self.counters.community_out);
+                        Ok(())
+                    }
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        Err(NetError::PublishFailed(
+                            "no connected peer is subscribed to this community topic yet; retry once peers have joined".into(),
+                        ))
+                    }
+                    Err(error) => Err(NetError::PublishFailed(error.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::TopicPeers { topic, reply } => {
+                let topic = gossipsub::TopicHash::from_raw(topic);
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&topic))
+                    .map(|(peer, _)| *peer)
+                    .collect();
+                let _ = reply.send(peers);
             }
             Command::PutRecord { key, value, reply } => {
                 if self.pending_queries() >= self.max_pending_queries {
@@ -797,17 +947,7 @@ impl Driver {
                 self.on_identify(peer_id, info)
             }
             NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                if message.topic != self.topic.hash() {
-                    return;
-                }
-                inc(&self.counters.gossip_in);
-                // Strict validation: every message is signed by its source.
-                if let Some(source) = message.source {
-                    self.emit(NetEvent::GossipReceived {
-                        source,
-                        bytes: message.data,
-                    });
-                }
+                self.on_gossip(message)
             }
             NodeBehaviourEvent::Fetch(event) => self.on_fetch(event),
             NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
@@ -817,6 +957,67 @@ impl Driver {
                 self.emit(NetEvent::PacketReceived { peer, frame });
             }
             _ => {}
+        }
+    }
+
+    /// Subscribes to a community topic, within the local cap.
+    fn subscribe(&mut self, topic: String) -> Result<(), NetError> {
+        let topic = gossipsub::IdentTopic::new(topic);
+        let hash = topic.hash();
+        let descriptor = self.topic.hash();
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        if gossipsub.topics().any(|t| *t == hash) {
+            return Ok(());
+        }
+        let community = gossipsub.topics().filter(|t| **t != descriptor).count();
+        if community >= self.max_community_topics {
+            return Err(NetError::TooManyTopics {
+                max: self.max_community_topics,
+            });
+        }
+        // The handle checked the topic; the filter checks it again.
+        gossipsub
+            .subscribe(&topic)
+            .map(|_| ())
+            .map_err(|_| NetError::InvalidTopic {
+                reason: "the subscription filter refused it",
+                prefix: self.names.community_topic_prefix.clone(),
+                max_len: crate::MAX_TOPIC_LEN,
+            })
+    }
+
+    /// A gossip message on a topic this node is subscribed to: the
+    /// descriptor topic or a community topic.
+    fn on_gossip(&mut self, message: gossipsub::Message) {
+        // Strict validation: every message is signed by its source.
+        let Some(source) = message.source else {
+            return;
+        };
+        let descriptor = message.topic == self.topic.hash();
+        let community =
+            !descriptor && is_community_topic(&self.names.community_topic_prefix, &message.topic);
+        if !descriptor && !community {
+            return;
+        }
+        // Gossipsub's own limit leaves room for framing and for long
+        // subscription announcements; payloads are held to the exact limit.
+        if message.data.len() > self.max_gossip_size {
+            inc(&self.counters.gossip_too_large);
+            return;
+        }
+        if descriptor {
+            inc(&self.counters.gossip_in);
+            self.emit(NetEvent::GossipReceived {
+                source,
+                bytes: message.data,
+            });
+        } else {
+            inc(&self.counters.community_in);
+            self.emit(NetEvent::TopicMessage {
+                topic: message.topic.into_string(),
+                source,
+                bytes: message.data,
+            });
         }
     }
 

@@ -129,6 +129,31 @@ pub enum NetError {
     /// Storing a record in the DHT failed.
     #[error("storing the record failed: {0} (it is still stored locally)")]
     PutRecordFailed(String),
+    /// A topic given to [`NetHandle::subscribe`](crate::NetHandle::subscribe),
+    /// [`unsubscribe`](crate::NetHandle::unsubscribe),
+    /// [`publish_to`](crate::NetHandle::publish_to) or
+    /// [`topic_peers`](crate::NetHandle::topic_peers) is not a community
+    /// topic of this network.
+    #[error(
+        "not a community topic: {reason}; community topics are {prefix:?} followed by a name, at most {max_len} bytes in all"
+    )]
+    InvalidTopic {
+        /// What is wrong with it.
+        reason: &'static str,
+        /// The community topic prefix of this network
+        /// ([`ProtocolNames::community_topic_prefix`](crate::ProtocolNames::community_topic_prefix)).
+        prefix: String,
+        /// The longest topic allowed ([`MAX_TOPIC_LEN`](crate::MAX_TOPIC_LEN)).
+        max_len: usize,
+    },
+    /// The node is subscribed to as many community topics as it may be.
+    #[error(
+        "already subscribed to {max} community topics, the maximum; unsubscribe from one first or raise limits.max_community_topics"
+    )]
+    TooManyTopics {
+        /// The cap ([`Limits::max_community_topics`](crate::Limits::max_community_topics)).
+        max: usize,
+    },
     /// Publishing a gossip message failed.
     #[error("publishing failed: {0}")]
     PublishFailed(String),

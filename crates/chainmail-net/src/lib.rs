@@ -13,6 +13,7 @@ mod limiter;
 mod metrics;
 mod packet;
 mod protocol;
+mod topics;
 
 pub use config::{IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, Timeouts};
 pub use driver::{Net, NetEvent, NetEvents, NetHandle, ReplyHandle};
@@ -20,6 +21,7 @@ pub use error::NetError;
 pub use keys::{node_key_from_peer_id, peer_id_from_node_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use metrics::{DroppedFrames, NetMetrics};
+pub use topics::MAX_TOPIC_LEN;
 
 /// Size of every mix packet frame on the packet stream protocol, in bytes.
 ///

@@ -19,6 +19,9 @@ pub(crate) struct Counters {
     pub(crate) packet_streams_reset: AtomicU64,
     pub(crate) gossip_in: AtomicU64,
     pub(crate) gossip_out: AtomicU64,
+    pub(crate) community_in: AtomicU64,
+    pub(crate) community_out: AtomicU64,
+    pub(crate) gossip_too_large: AtomicU64,
     pub(crate) requests_in: AtomicU64,
     pub(crate) requests_out: AtomicU64,
     pub(crate) requests_failed: AtomicU64,
@@ -59,6 +62,9 @@ impl Counters {
             packet_streams_reset: get(&self.packet_streams_reset),
             gossip_in: get(&self.gossip_in),
             gossip_out: get(&self.gossip_out),
+            community_in: get(&self.community_in),
+            community_out: get(&self.community_out),
+            gossip_too_large: get(&self.gossip_too_large),
             requests_in: get(&self.requests_in),
             requests_out: get(&self.requests_out),
             requests_failed: get(&self.requests_failed),
@@ -111,8 +117,17 @@ pub struct NetMetrics {
     pub packet_streams_reset: u64,
     /// Gossip messages received on the descriptor topic.
     pub gossip_in: u64,
-    /// Gossip messages published.
+    /// Gossip messages published on the descriptor topic.
     pub gossip_out: u64,
+    /// Gossip messages received on community topics (delivered as
+    /// [`NetEvent::TopicMessage`](crate::NetEvent::TopicMessage), or dropped
+    /// and counted in `events_dropped` if the event queue was full).
+    pub community_in: u64,
+    /// Gossip messages published on community topics.
+    pub community_out: u64,
+    /// Inbound gossip messages dropped because their payload exceeded
+    /// [`Limits::max_gossip_size`](crate::Limits::max_gossip_size).
+    pub gossip_too_large: u64,
     /// Fetch requests received.
     pub requests_in: u64,
     /// Fetch requests sent.

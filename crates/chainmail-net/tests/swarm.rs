@@ -529,3 +529,285 @@ async fn full_outbound_queue_drops_frames() {
     })
     .await;
 }
+
+/// `from` publishes a new message on `topic` every 100 ms (publishing fails
+/// until `from` knows a subscriber) until `to` receives one as
+/// [`NetEvent::TopicMessage`]; returns what `to` got. Every message starts
+/// with `tag`.
+async fn publish_until_received(
+    from: &Node,
+    to: &mut Node,
+    topic: &str,
+    tag: &str,
+) -> (String, chainmail_net::PeerId, Vec<u8>) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    for i in 0u32.. {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tag}: no message arrived"
+        );
+        let message = format!("{tag} {i}").into_bytes();
+        match from
+            .handle
+            .publish_to(topic.to_owned(), message.clone())
+            .await
+        {
+            Ok(()) => sent.push(message),
+            Err(NetError::PublishFailed(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let wait = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                event = to.events.recv() => match event.expect("driver still running") {
+                    NetEvent::TopicMessage { topic, source, bytes } => {
+                        assert!(sent.contains(&bytes), "not a published message");
+                        return (topic, source, bytes);
+                    }
+                    NetEvent::GossipReceived { bytes, .. } => {
+                        assert!(!bytes.starts_with(tag.as_bytes()), "community message as descriptor");
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// Waits until `node` knows exactly `peers` (in any order) to be
+/// subscribed to `topic`.
+async fn wait_topic_peers(node: &Node, topic: &str, peers: &[chainmail_net::PeerId]) {
+    let mut expected = peers.to_vec();
+    expected.sort();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut known = node.handle.topic_peers(topic.to_owned()).await.unwrap();
+        known.sort();
+        if known == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "topic peers {known:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Discards every event waiting in `node`'s queue.
+fn drain(node: &mut Node) {
+    while node.events.try_recv().is_some() {}
+}
+
+/// No community message is waiting in `node`'s events.
+fn assert_no_topic_message(node: &mut Node, who: &str) {
+    while let Some(event) = node.events.try_recv() {
+        assert!(
+            !matches!(event, NetEvent::TopicMessage { .. }),
+            "{who} got {event:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_topics_reach_subscribers_only() {
+    init_tracing();
+    within(async {
+        let net = network("community");
+        let names = ProtocolNames::new(&net);
+        let topic = format!("{}abc", names.community_topic_prefix);
+        let mut a = start(config(&net, tcp())).await;
+        let mut b = start(config(&net, tcp())).await;
+        let mut c = start(config(&net, tcp())).await;
+        connect(&mut a, &mut b).await;
+        connect(&mut a, &mut c).await;
+        connect(&mut b, &mut c).await;
+
+        // Topics outside the community prefix are refused, locally.
+        let too_long = format!(
+            "{}{}",
+            names.community_topic_prefix,
+            "x".repeat(chainmail_net::MAX_TOPIC_LEN)
+        );
+        for bad in [
+            names.descriptor_topic.clone(),
+            "abc".to_owned(),
+            names.community_topic_prefix.clone(),
+            "chainmail/chainmail-test-other/community/abc".to_owned(),
+            too_long,
+        ] {
+            let invalid = |r: Result<_, NetError>| matches!(r, Err(NetError::InvalidTopic { .. }));
+            assert!(invalid(a.handle.subscribe(bad.clone()).await), "{bad}");
+            assert!(invalid(a.handle.unsubscribe(bad.clone()).await), "{bad}");
+            assert!(
+                invalid(a.handle.publish_to(bad.clone(), b"x".to_vec()).await),
+                "{bad}"
+            );
+            assert!(
+                invalid(a.handle.topic_peers(bad.clone()).await.map(|_| ())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            a.handle
+                .publish_to(topic.clone(), vec![0; (64 << 10) + 1])
+                .await,
+            Err(NetError::GossipTooLarge {
+                size: (64 << 10) + 1,
+                max: 64 << 10
+            })
+        );
+        // Nobody is subscribed yet: a non-fatal publish error.
+        assert!(matches!(
+            a.handle.publish_to(topic.clone(), b"early".to_vec()).await,
+            Err(NetError::PublishFailed(_))
+        ));
+
+        // A and B subscribe (twice is the same as once); C does not.
+        a.handle.subscribe(topic.clone()).await.unwrap();
+        b.handle.subscribe(topic.clone()).await.unwrap();
+        b.handle.subscribe(topic.clone()).await.unwrap();
+
+        let (got_topic, source, bytes) = publish_until_received(&a, &mut b, &topic, "to b").await;
+        assert_eq!(got_topic, topic);
+        assert_eq!(source, a.peer);
+        assert!(bytes.starts_with(b"to b"));
+        let debug = format!(
+            "{:?}",
+            NetEvent::TopicMessage {
+                topic: got_topic,
+                source,
+                bytes
+            }
+        );
+        assert!(
+            !debug.contains("community") && !debug.contains("to b"),
+            "{debug}"
+        );
+
+        // Every node learns who is subscribed, C included.
+        wait_topic_peers(&a, &topic, &[b.peer]).await;
+        wait_topic_peers(&b, &topic, &[a.peer]).await;
+        wait_topic_peers(&c, &topic, &[a.peer, b.peer]).await;
+
+        // C, connected to both, never got anything.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_no_topic_message(&mut c, "C (not subscribed)");
+        assert_eq!(c.handle.metrics().community_in, 0);
+        assert!(b.handle.metrics().community_in >= 1);
+        assert!(a.handle.metrics().community_out >= 1);
+        assert_eq!(a.handle.metrics().gossip_out, 0);
+        assert_eq!(b.handle.metrics().gossip_in, 0);
+
+        // B leaves; C joins. Messages reach C, no longer B.
+        b.handle.unsubscribe(topic.clone()).await.unwrap();
+        b.handle.unsubscribe(topic.clone()).await.unwrap();
+        // What arrived before is no concern.
+        drain(&mut b);
+        let b_in = b.handle.metrics().community_in;
+        c.handle.subscribe(topic.clone()).await.unwrap();
+        let (_, source, _) = publish_until_received(&a, &mut c, &topic, "to c").await;
+        assert_eq!(source, a.peer);
+        // And C's own messages reach A, not B.
+        let (_, source, _) = publish_until_received(&c, &mut a, &topic, "from c").await;
+        assert_eq!(source, c.peer);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_no_topic_message(&mut b, "B (after leaving)");
+        assert_eq!(b.handle.metrics().community_in, b_in);
+        wait_topic_peers(&a, &topic, &[c.peer]).await;
+        wait_topic_peers(&b, &topic, &[a.peer, c.peer]).await;
+        wait_topic_peers(&c, &topic, &[a.peer]).await;
+
+        // Once C leaves too, A's publishes fail again (not fatal).
+        c.handle.unsubscribe(topic.clone()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match a
+                .handle
+                .publish_to(topic.clone(), b"anyone?".to_vec())
+                .await
+            {
+                Err(NetError::PublishFailed(_)) => break,
+                Ok(()) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(tokio::time::Instant::now() < deadline, "C never left");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wait_topic_peers(&a, &topic, &[]).await;
+        // The descriptor topic still works alongside.
+        assert!(a.handle.publish(b"descriptor".to_vec()).await.is_ok());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_topic_counts_are_capped() {
+    init_tracing();
+    within(async {
+        let net = network("topic-caps");
+        let prefix = ProtocolNames::new(&net).community_topic_prefix;
+        let t = |n: u32| format!("{prefix}t{n}");
+
+        // Locally: at most 2 topics at once.
+        let mut a_config = config(&net, tcp());
+        a_config.limits.max_community_topics = 2;
+        let a = start(a_config).await;
+        a.handle.subscribe(t(1)).await.unwrap();
+        a.handle.subscribe(t(2)).await.unwrap();
+        a.handle.subscribe(t(2)).await.unwrap();
+        assert_eq!(
+            a.handle.subscribe(t(3)).await,
+            Err(NetError::TooManyTopics { max: 2 })
+        );
+        a.handle.unsubscribe(t(2)).await.unwrap();
+        a.handle.subscribe(t(3)).await.unwrap();
+        a.handle.unsubscribe(t(1)).await.unwrap();
+        a.handle.unsubscribe(t(3)).await.unwrap();
+
+        // Per remote peer: V remembers at most 2 community topics of P.
+        let mut v_config = config(&net, tcp());
+        v_config.limits.max_community_topics_per_peer = 2;
+        let mut v = start(v_config).await;
+        let mut p = start(config(&net, tcp())).await;
+        connect(&mut v, &mut p).await;
+        // Subscriptions reach V one by one, in this order: t3 would be a
+        // third topic and is ignored; t4, after t1 is gone, is a second.
+        for n in [1, 2, 3] {
+            p.handle.subscribe(t(n)).await.unwrap();
+        }
+        p.handle.unsubscribe(t(1)).await.unwrap();
+        p.handle.subscribe(t(4)).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while v.handle.topic_peers(t(4)).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "V never saw t4");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(v.handle.topic_peers(t(4)).await.unwrap(), vec![p.peer]);
+        assert_eq!(v.handle.topic_peers(t(2)).await.unwrap(), vec![p.peer]);
+        assert!(v.handle.topic_peers(t(1)).await.unwrap().is_empty());
+        assert!(v.handle.topic_peers(t(3)).await.unwrap().is_empty());
+        // Descriptors still cross between V and P.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match p.handle.publish(b"descriptor of p".to_vec()).await {
+                Ok(()) => break,
+                Err(NetError::PublishFailed(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no descriptor peer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let bytes = wait_for(&mut v.events, |event| match event {
+            NetEvent::GossipReceived { bytes, .. } => Some(bytes),
+            _ => None,
+        })
+        .await;
+        assert_eq!(bytes, b"descriptor of p");
+    })
+    .await;
+}
