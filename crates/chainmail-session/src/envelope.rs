@@ -53,6 +53,9 @@ pub enum Kind {
     Receipt = 5,
     /// The sender's keys changed.
     KeyUpdate = 6,
+    /// Opaque bytes for the community layer (invites, join requests),
+    /// numbered, confirmed and sent again like a [`Kind::Text`].
+    Community = 7,
 }
 
 impl Kind {
@@ -73,6 +76,7 @@ impl TryFrom<u8> for Kind {
             4 => Kind::Text,
             5 => Kind::Receipt,
             6 => Kind::KeyUpdate,
+            7 => Kind::Community,
             _ => return Err(malformed("envelope", format!("unknown kind {b}"))),
         })
     }
@@ -780,6 +784,32 @@ mod tests {
     }
 
     #[test]
+    fn community_envelope_test_vector() {
+        // The body is opaque bytes, not text: it need not be UTF-8.
+        let e = Envelope {
+            kind: Kind::Community,
+            body: vec![0x00, 0xff, 0xfe, 0x80],
+            ..sample()
+        };
+        let bytes = e.encode().unwrap();
+        assert_eq!(
+            hex(&bytes),
+            concat!(
+                "01",                               // version
+                "07",                               // kind: community
+                "abababababababababababababababab", // id
+                "0700000000000000",                 // seq
+                "7b68e5cf8b010000",                 // timestamp
+                "0f",                               // version length
+                "636861696e6d61696c2f302e312e30",   // "chainmail/0.1.0"
+                "04000000",                         // body length
+                "00fffe80",                         // body
+            )
+        );
+        assert_eq!(Envelope::decode(&bytes).unwrap(), e);
+    }
+
+    #[test]
     fn every_kind_round_trips_and_unknown_kinds_fail() {
         for kind in [
             Kind::ContactRequest,
@@ -788,12 +818,13 @@ mod tests {
             Kind::Text,
             Kind::Receipt,
             Kind::KeyUpdate,
+            Kind::Community,
         ] {
             assert_eq!(Kind::try_from(kind.to_byte()).unwrap(), kind);
             let e = Envelope { kind, ..sample() };
             assert_eq!(Envelope::decode(&e.encode().unwrap()).unwrap(), e);
         }
-        for b in [0u8, 7, 0x80, 0xff] {
+        for b in [0u8, 8, 0x80, 0xff] {
             assert!(is_malformed(&Kind::try_from(b)));
             let mut bytes = sample().encode().unwrap();
             bytes[1] = b;
@@ -1276,7 +1307,7 @@ mod tests {
 
         #[test]
         fn envelope_round_trips(
-            kind in 1u8..=6,
+            kind in 1u8..=7,
             id in any::<[u8; 16]>(),
             seq in any::<u64>(),
             ts in any::<u64>(),

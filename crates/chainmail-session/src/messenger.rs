@@ -231,6 +231,21 @@ pub enum MessengerEvent {
         /// The text.
         text: String,
     },
+    /// A payload for the community layer (an invite, a join request) from a
+    /// contact, in the order they sent it, among their messages.
+    Community {
+        /// From whom.
+        from: Address,
+        /// Its id.
+        id: MessageId,
+        /// Its position in the conversation (the sender's count, shared
+        /// with their messages).
+        seq: u64,
+        /// When the sender made it (their clock).
+        sent_at: Time,
+        /// The payload, opaque to this layer.
+        body: Vec<u8>,
+    },
     /// A message of ours changed state.
     MessageState {
         /// Which.
@@ -432,7 +447,10 @@ pub const MAX_RECEIPTS: usize = 50;
 /// Requests are not confirmed (an ignored request tells its sender
 /// nothing); receipts are not confirmed either.
 fn needs_receipt(kind: Kind) -> bool {
-    matches!(kind, Kind::Text | Kind::Accept | Kind::Deny)
+    matches!(
+        kind,
+        Kind::Text | Kind::Community | Kind::Accept | Kind::Deny
+    )
 }
 /// Most messages held back per contact waiting for an earlier one.
 pub const MAX_HELD: usize = 1000;
@@ -442,6 +460,10 @@ pub const MAX_OUTGOING: usize = 10_000;
 pub const MAX_SESSIONS: usize = 4;
 /// Longest text.
 pub const MAX_TEXT: usize = 16 * 1024;
+/// Largest community payload ([`Messenger::send_community`]): room for a
+/// community's genesis and a few members' addresses, about 19 mixnet
+/// packets, well under the envelope's 64 KiB.
+pub const MAX_COMMUNITY: usize = 16 * 1024;
 /// Longest contact name.
 pub const MAX_NAME: usize = 64;
 
@@ -917,17 +939,53 @@ impl Messenger {
     }
 
     /// Sends a text to an accepted contact.
+    ///
+    /// Fails with [`SessionError::TooLarge`] for a text over [`MAX_TEXT`]
+    /// bytes, and with [`SessionError::Invalid`] if `to` is not an accepted
+    /// contact or too many messages are in flight.
     pub fn send_text(
         &mut self,
         now: Time,
         to: &Address,
         text: &str,
     ) -> Result<MessageId, SessionError> {
-        if text.len() > MAX_TEXT {
+        self.check_conversation(to, "text", text.len(), MAX_TEXT)?;
+        self.send_envelope(now, *to, Kind::Text, text.as_bytes().to_vec(), false)
+    }
+
+    /// Sends a payload of the community layer (an invite, a join request)
+    /// to an accepted contact, inside the end-to-end session: it is part of
+    /// the numbered conversation like a text (shown in order, confirmed,
+    /// sent again, its states reported as [`MessengerEvent::MessageState`])
+    /// and comes out on the other side as [`MessengerEvent::Community`].
+    ///
+    /// At most [`MAX_COMMUNITY`] (16 KiB) bytes; larger fails with
+    /// [`SessionError::TooLarge`]. Fails with [`SessionError::Invalid`] if
+    /// `to` is not an accepted contact or too many messages are in flight.
+    pub fn send_community(
+        &mut self,
+        now: Time,
+        to: &Address,
+        body: Vec<u8>,
+    ) -> Result<MessageId, SessionError> {
+        self.check_conversation(to, "community payload", body.len(), MAX_COMMUNITY)?;
+        self.send_envelope(now, *to, Kind::Community, body, false)
+    }
+
+    /// Whether `len` bytes of `what` (at most `max`) may go to `to` in the
+    /// numbered conversation: only to an accepted contact.
+    fn check_conversation(
+        &self,
+        to: &Address,
+        what: &'static str,
+        len: usize,
+        max: usize,
+    ) -> Result<(), SessionError> {
+        if len > max {
             return Err(SessionError::TooLarge {
-                what: "text",
-                actual: text.len(),
-                max: MAX_TEXT,
+                what,
+                actual: len,
+                max,
             });
         }
         match self.contacts.get(to).map(|c| c.state) {
@@ -943,7 +1001,7 @@ impl Messenger {
             Some(_) => return Err(SessionError::Invalid("this contact is not accepted")),
             None => return Err(SessionError::Invalid("no such contact")),
         }
-        self.send_envelope(now, *to, Kind::Text, text.as_bytes().to_vec(), false)
+        Ok(())
     }
 
     fn send_envelope(
@@ -1597,6 +1655,15 @@ impl Messenger {
                     seq: envelope.seq,
                     sent_at: envelope.timestamp,
                     text,
+                });
+            }
+            (Kind::Community, ContactState::Accepted) => {
+                self.events.push_back(MessengerEvent::Community {
+                    from: sender,
+                    id: envelope.id,
+                    seq: envelope.seq,
+                    sent_at: envelope.timestamp,
+                    body: envelope.body,
                 });
             }
             (

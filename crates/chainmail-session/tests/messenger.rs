@@ -9,9 +9,10 @@ use std::time::Duration;
 use chainmail_mixnet::Time;
 use chainmail_mixnet::message::ClientAddress;
 use chainmail_packet::{MailboxId, NodeId};
+use chainmail_session::messenger::MAX_COMMUNITY;
 use chainmail_session::{
     Account, Action, Address, ContactState, MessageState, Messenger, MessengerConfig,
-    MessengerEvent, MessengerState, Stamp,
+    MessengerEvent, MessengerState, SessionError, Stamp,
 };
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
@@ -58,6 +59,13 @@ fn config(difficulty: u8) -> MessengerConfig {
     c.stamp_difficulty = difficulty;
     c.reorder_timeout = Duration::from_secs(600);
     c
+}
+
+/// Something a user was shown from a contact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Shown {
+    Text(String),
+    Community(Vec<u8>),
 }
 
 impl World {
@@ -268,6 +276,43 @@ impl World {
             .collect()
     }
 
+    /// What `u` was shown from `from`, texts and community payloads, in
+    /// the order shown.
+    fn conversation(&self, u: usize, from: usize) -> Vec<Shown> {
+        let from = self.address(from);
+        self.users[u]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                MessengerEvent::Message { from: f, text, .. } if *f == from => {
+                    Some(Shown::Text(text.clone()))
+                }
+                MessengerEvent::Community { from: f, body, .. } if *f == from => {
+                    Some(Shown::Community(body.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The (id, position) of everything `u` was shown from `from`.
+    fn shown_ids(&self, u: usize, from: usize) -> Vec<([u8; 16], u64)> {
+        let from = self.address(from);
+        self.users[u]
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                MessengerEvent::Message {
+                    from: f, id, seq, ..
+                }
+                | MessengerEvent::Community {
+                    from: f, id, seq, ..
+                } if *f == from => Some((*id, *seq)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn states(&self, u: usize) -> HashMap<[u8; 16], MessageState> {
         let mut out = HashMap::new();
         for e in &self.users[u].events {
@@ -281,9 +326,21 @@ impl World {
     /// Restarts user `u` from its stored state. What its mixnet client
     /// held (lost packets waiting to be sent again) is gone with it.
     fn restart(&mut self, u: usize, difficulty: u8) {
+        self.restart_with(u, difficulty, |_| {});
+    }
+
+    /// [`World::restart`], with the stored state (as JSON) changed by
+    /// `edit` first.
+    fn restart_with(
+        &mut self,
+        u: usize,
+        difficulty: u8,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) {
         self.wire.retain(|f| !(f.from == u && f.retry));
-        let json = serde_json::to_vec(&self.users[u].messenger.state()).unwrap();
-        let state: MessengerState = serde_json::from_slice(&json).unwrap();
+        let mut json = serde_json::to_value(self.users[u].messenger.state()).unwrap();
+        edit(&mut json);
+        let state: MessengerState = serde_json::from_value(json).unwrap();
         let mixnet_seal = self.users[u].seal;
         let mut m = Messenger::from_state(config(difficulty), state, self.rng.random()).unwrap();
         // The driver sets the mixnet address again at start.
@@ -762,5 +819,187 @@ fn a_recipient_offline_for_hours_gets_everything_and_the_sender_learns_it() {
     let states = w.states(alice);
     for id in &ids {
         assert_eq!(states.get(id), Some(&MessageState::Delivered));
+    }
+}
+
+/// Community payloads share the conversation with texts: through a wire
+/// that loses, duplicates and reorders fragments, each is shown once, in
+/// the order sent among the texts, with the id the sender got, and each is
+/// confirmed.
+#[test]
+fn community_payloads_arrive_in_order_exactly_once_among_texts() {
+    let mut w = World::new(12, 0.1, 0.05);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let (a_addr, b_addr) = (w.address(alice), w.address(bob));
+    // Not text: every byte value, an empty payload, and the largest one
+    // (many fragments).
+    let payload = |k: usize| -> Vec<u8> {
+        match k {
+            6 => Vec::new(),
+            15 => (0..MAX_COMMUNITY).map(|i| (i * 7 + k) as u8).collect(),
+            _ => (0..=255u8).map(|b| b ^ k as u8).collect(),
+        }
+    };
+    let (mut expect_bob, mut expect_alice) = (Vec::new(), Vec::new());
+    let (mut ids_alice, mut ids_bob) = (Vec::new(), Vec::new());
+    for k in 0..50 {
+        let id = if k % 3 == 0 {
+            let t = format!("a{k}");
+            expect_bob.push(Shown::Text(t.clone()));
+            w.users[alice].messenger.send_text(w.now, &b_addr, &t)
+        } else {
+            expect_bob.push(Shown::Community(payload(k)));
+            w.users[alice]
+                .messenger
+                .send_community(w.now, &b_addr, payload(k))
+        };
+        ids_alice.push(id.unwrap());
+        let id = if k % 2 == 0 {
+            expect_alice.push(Shown::Community(payload(k + 100)));
+            w.users[bob]
+                .messenger
+                .send_community(w.now, &a_addr, payload(k + 100))
+        } else {
+            let t = format!("b{k}");
+            expect_alice.push(Shown::Text(t.clone()));
+            w.users[bob].messenger.send_text(w.now, &a_addr, &t)
+        };
+        ids_bob.push(id.unwrap());
+        w.drain();
+        w.run(Duration::from_millis(700));
+    }
+    w.run_until_quiet();
+    assert!(w.lost_fragments > 10, "the wire lost fragments");
+    assert_eq!(
+        w.conversation(bob, alice),
+        expect_bob,
+        "exactly once, in order"
+    );
+    assert_eq!(
+        w.conversation(alice, bob),
+        expect_alice,
+        "exactly once, in order"
+    );
+    for (u, from, ids) in [(bob, alice, &ids_alice), (alice, bob, &ids_bob)] {
+        let shown = w.shown_ids(u, from);
+        let shown_ids: Vec<[u8; 16]> = shown.iter().map(|(id, _)| *id).collect();
+        assert_eq!(&shown_ids, ids, "the ids the sender got");
+        // One numbering for texts and community payloads, without gaps.
+        assert!(shown.windows(2).all(|p| p[1].1 == p[0].1 + 1), "{shown:?}");
+    }
+    for (u, ids) in [(alice, &ids_alice), (bob, &ids_bob)] {
+        let states = w.states(u);
+        for id in ids {
+            assert_eq!(states.get(id), Some(&MessageState::Delivered));
+        }
+        let stats = w.users[u].messenger.stats();
+        assert_eq!(
+            (
+                stats.malformed,
+                stats.rejected_binding,
+                stats.hidden,
+                stats.gaps_skipped
+            ),
+            (0, 0, 0, 0),
+            "{stats:?}"
+        );
+    }
+}
+
+#[test]
+fn community_payloads_go_only_to_accepted_contacts_and_not_too_large() {
+    let mut w = World::new(13, 0.0, 0.0);
+    let (alice, bob, carol) = (
+        w.add_user("alice", 8),
+        w.add_user("bob", 8),
+        w.add_user("carol", 8),
+    );
+    w.drain();
+    let (a_addr, b_addr, c_addr) = (w.address(alice), w.address(bob), w.address(carol));
+    let refusal = |w: &mut World, u: usize, to: &Address| {
+        let err = w.users[u]
+            .messenger
+            .send_community(w.now, to, vec![1, 2, 3])
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Invalid(_)), "{err:?}");
+        err.to_string()
+    };
+    assert!(refusal(&mut w, alice, &b_addr).contains("no such contact"));
+    w.users[alice]
+        .messenger
+        .add_contact(w.now, b_addr, "bob", None)
+        .unwrap();
+    assert!(refusal(&mut w, alice, &b_addr).contains("not accepted your request yet"));
+    w.run_until_quiet();
+    assert!(refusal(&mut w, bob, &a_addr).contains("accept their request first"));
+    w.users[bob].messenger.deny(w.now, &a_addr).unwrap();
+    w.run_until_quiet();
+    assert!(refusal(&mut w, alice, &b_addr).contains("not accepted"));
+    assert!(refusal(&mut w, bob, &a_addr).contains("not accepted"));
+
+    // Accepted: the largest payload goes, one byte more does not.
+    w.connect(alice, carol, None);
+    let err = w.users[alice]
+        .messenger
+        .send_community(w.now, &c_addr, vec![0; MAX_COMMUNITY + 1])
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::TooLarge { what: "community payload", actual, max: MAX_COMMUNITY }
+                if actual == MAX_COMMUNITY + 1
+        ),
+        "{err:?}"
+    );
+    w.users[alice]
+        .messenger
+        .send_community(w.now, &c_addr, vec![9; MAX_COMMUNITY])
+        .unwrap();
+    w.run_until_quiet();
+    assert_eq!(
+        w.conversation(carol, alice),
+        [Shown::Community(vec![9; MAX_COMMUNITY])]
+    );
+    // Nothing refused went anywhere.
+    assert!(w.conversation(bob, alice).is_empty());
+    assert!(w.conversation(alice, bob).is_empty());
+}
+
+/// A receiver that does not (or no longer) count the sender as an accepted
+/// contact shows neither texts nor community payloads from them, counts
+/// both `hidden`, and confirms both alike: not at all if it denied them (so
+/// the sender's copies fail), otherwise yes.
+#[test]
+fn community_payloads_from_someone_not_accepted_are_hidden_like_texts() {
+    for (seed, state, end) in [
+        (14, "Ignored", MessageState::Delivered),
+        (15, "Denied", MessageState::Failed),
+        (16, "RequestReceived", MessageState::Delivered),
+    ] {
+        let mut w = World::new(seed, 0.0, 0.0);
+        let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+        w.connect(alice, bob, None);
+        let b_addr = w.address(bob);
+        // Bob's side no longer accepts alice; hers still does.
+        w.restart_with(bob, 8, |json| {
+            assert_eq!(json["contacts"].as_array().map(Vec::len), Some(1));
+            json["contacts"][0]["state"] = state.into();
+        });
+        let before = w.users[bob].messenger.stats().hidden;
+        let text = w.users[alice]
+            .messenger
+            .send_text(w.now, &b_addr, "psst")
+            .unwrap();
+        let payload = w.users[alice]
+            .messenger
+            .send_community(w.now, &b_addr, vec![7; 300])
+            .unwrap();
+        w.run_until_quiet();
+        assert!(w.conversation(bob, alice).is_empty(), "{state}");
+        assert_eq!(w.users[bob].messenger.stats().hidden - before, 2, "{state}");
+        let states = w.states(alice);
+        assert_eq!(states.get(&text), Some(&end), "{state}");
+        assert_eq!(states.get(&payload), Some(&end), "{state}");
     }
 }

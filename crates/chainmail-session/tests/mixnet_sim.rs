@@ -834,9 +834,9 @@ fn long_text(from: usize, to: usize, k: usize, len: usize) -> String {
 /// The account an event is about.
 fn event_party(e: &MessengerEvent) -> Option<Address> {
     match e {
-        MessengerEvent::ContactRequest { from, .. } | MessengerEvent::Message { from, .. } => {
-            Some(*from)
-        }
+        MessengerEvent::ContactRequest { from, .. }
+        | MessengerEvent::Message { from, .. }
+        | MessengerEvent::Community { from, .. } => Some(*from),
         MessengerEvent::ContactAccepted { contact }
         | MessengerEvent::ContactDenied { contact }
         | MessengerEvent::KeyChanged { contact }

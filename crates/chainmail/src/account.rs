@@ -247,6 +247,8 @@ pub(crate) struct AccountDriver {
     pub(crate) messenger: Messenger,
     history_seq: u64,
     pending: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Community payloads received, in order, for the community layer.
+    pub(crate) letters: Vec<(Address, Vec<u8>)>,
 }
 
 impl AccountDriver {
@@ -274,6 +276,7 @@ impl AccountDriver {
             messenger,
             history_seq,
             pending: Vec::new(),
+            letters: Vec::new(),
         }))
     }
 
@@ -372,6 +375,10 @@ impl AccountDriver {
                 e.text = Some(text);
                 e.position = Some(seq);
                 self.history(e)
+            }
+            MessengerEvent::Community { from, body, .. } => {
+                self.letters.push((from, body));
+                Ok(())
             }
             MessengerEvent::MessageState { id, to, state } => {
                 let key = hex(&id);
