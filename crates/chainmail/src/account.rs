@@ -239,6 +239,10 @@ pub(crate) enum AccountRequest {
     AdvisoryPublish {
         advisory: String,
     },
+    /// A community request.
+    Community {
+        community: crate::community::CommunityRequest,
+    },
 }
 
 /// The account while the node runs.
@@ -248,7 +252,9 @@ pub(crate) struct AccountDriver {
     history_seq: u64,
     pending: Vec<(String, Vec<u8>, Vec<u8>)>,
     /// Community payloads received, in order, for the community layer.
-    pub(crate) letters: Vec<(Address, Vec<u8>)>,
+    letters: Vec<(Address, Vec<u8>)>,
+    /// The account's communities.
+    pub(crate) communities: crate::community::Hub,
 }
 
 impl AccountDriver {
@@ -271,12 +277,18 @@ impl AccountDriver {
             serde_json::from_slice(&bytes).context("the account's state is damaged")?;
         let messenger = Messenger::from_state(messenger_config(network), state, rand::random())?;
         let history_seq = vault.list("history")?.len() as u64;
+        let communities = crate::community::Hub::load(
+            &vault,
+            chainmail_net::ProtocolNames::new(&network.network.id).community_topic_prefix,
+            crate::runtime::now().0,
+        )?;
         Ok(Some(AccountDriver {
             vault,
             messenger,
             history_seq,
             pending: Vec::new(),
             letters: Vec::new(),
+            communities,
         }))
     }
 
@@ -286,6 +298,13 @@ impl AccountDriver {
         while let Some(event) = self.messenger.poll_event() {
             self.record(now, event)?;
         }
+        for (from, body) in std::mem::take(&mut self.letters) {
+            let name = self.name_of(&from);
+            self.communities
+                .handle_letter(now.0, &mut self.pending, from, name, &body);
+        }
+        let writes = self.communities.take_writes();
+        self.pending.extend(writes);
         if self.messenger.take_dirty() {
             self.pending.push((
                 "messenger".into(),
@@ -440,6 +459,22 @@ impl AccountDriver {
         request: AccountRequest,
     ) -> Result<serde_json::Value, String> {
         use serde_json::json;
+        if let AccountRequest::Community { community } = request {
+            let invites: Vec<crate::community::InviteView> = self
+                .vault
+                .list("invites")
+                .map_err(|e| e.to_string())?
+                .iter()
+                .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+                .collect();
+            return self.communities.handle(
+                now.0,
+                &mut self.messenger,
+                &invites,
+                &mut self.pending,
+                community,
+            );
+        }
         let m = &mut self.messenger;
         match request {
             AccountRequest::Whoami => Ok(json!({
@@ -469,8 +504,8 @@ impl AccountDriver {
                     .map(|c| Self::view(m, c))
                     .collect::<Vec<_>>()
             )),
-            AccountRequest::AdvisoryPublish { .. } => {
-                Err("advisories are published by the node".into())
+            AccountRequest::AdvisoryPublish { .. } | AccountRequest::Community { .. } => {
+                Err("handled by the node".into())
             }
             AccountRequest::ContactAccept { name } => {
                 let a = self.contact_address(&name)?;

@@ -9,6 +9,8 @@ mod account;
 mod api;
 mod api_client;
 mod cli;
+mod cli_community;
+mod community;
 mod demo;
 mod network;
 mod runtime;
@@ -124,6 +126,10 @@ enum Command {
     /// Advisories of unsafe client versions: keygen, sign, publish.
     #[command(subcommand)]
     Advisory(cli::AdvisoryCommand),
+    /// Communities: create, invite, join, post, log, members, promote,
+    /// demote, remove, ban, redact, leave.
+    #[command(subcommand)]
+    Community(cli_community::CommunityCommand),
     /// Send a text to a contact (by name), or with --to a raw message to a
     /// mixnet address.
     Send {
@@ -406,6 +412,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         } => cli::whoami(&data, export_identity.as_deref(), json).await?,
         Command::Contact(command) => cli::contact(command).await?,
         Command::Advisory(command) => cli::advisory(command).await?,
+        Command::Community(command) => cli_community::community(command).await?,
         Command::Send {
             data,
             to,

@@ -35,6 +35,8 @@ pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION")
 
 const REQ_FETCH: u8 = 0x01;
 const REQ_DESCRIPTORS: u8 = 0x02;
+/// A community sync request (`chainmail_chain::SyncRequest`) follows.
+const REQ_COMMUNITY: u8 = 0x03;
 const MAX_BATCH: usize = 512;
 
 /// The clock.
@@ -246,6 +248,16 @@ enum Internal {
     },
     /// The network's advisory, as found in the DHT.
     Advisory(Vec<u8>),
+    /// A peer's answer to a community sync request.
+    CommunitySync {
+        community: chainmail_chain::Hash,
+        bytes: Vec<u8>,
+    },
+    /// Member nodes found in a community's rendezvous record.
+    CommunityPeers {
+        community: chainmail_chain::Hash,
+        peers: Vec<chainmail_chain::PeerEntry>,
+    },
 }
 
 struct Runtime {
@@ -475,10 +487,16 @@ impl Runtime {
             .account
             .as_ref()
             .and_then(|a| a.messenger.poll_timeout());
+        let communities = self
+            .account
+            .as_ref()
+            .and_then(|a| a.communities.poll_timeout())
+            .map(Time);
         [
             node,
             client,
             account,
+            communities,
             Some(self.next_publish),
             Some(now + Duration::from_secs(1)),
         ]
@@ -578,6 +596,16 @@ impl Runtime {
                 }
             }
             NetEvent::GossipReceived { bytes, .. } => self.learn_descriptor(now, &bytes),
+            NetEvent::TopicMessage {
+                topic,
+                source,
+                bytes,
+            } => {
+                if let Some(a) = &mut self.account {
+                    a.communities
+                        .handle_topic(now.0, &topic, source.to_bytes(), &bytes);
+                }
+            }
             NetEvent::RequestReceived { bytes, reply, .. } => self.on_request(now, bytes, reply),
             NetEvent::PeerConnected { peer } => {
                 self.peers += 1;
@@ -622,6 +650,14 @@ impl Runtime {
                     self.next_request += 1;
                     self.replies.insert(request, reply);
                     node.handle_fetch(now, request, body);
+                }
+                None => drop(reply),
+            },
+            Some((&REQ_COMMUNITY, body)) => match &mut self.account {
+                Some(a) => {
+                    let max = reply.max_response_size();
+                    let response = a.communities.answer_sync(now.0, body, max - 64);
+                    let _ = reply.send(response);
                 }
                 None => drop(reply),
             },
@@ -702,6 +738,16 @@ impl Runtime {
             Internal::Advisory(bytes) => {
                 if let Err(e) = self.apply_advisory(&bytes) {
                     debug!(error = %e, "advisory in the DHT refused");
+                }
+            }
+            Internal::CommunitySync { community, bytes } => {
+                if let Some(a) = &mut self.account {
+                    a.communities.handle_sync_response(now.0, community, &bytes);
+                }
+            }
+            Internal::CommunityPeers { community, peers } => {
+                if let Some(a) = &mut self.account {
+                    a.communities.learn_peers(community, peers);
                 }
             }
         }
@@ -815,6 +861,21 @@ impl Runtime {
     }
 
     fn metrics(&self) -> String {
+        let mut text = self.core_metrics();
+        if let Some(a) = &self.account {
+            text.push_str(
+                "# HELP chainmail_community_refused_total Community records, blocks and sync answers refused.\n\
+                 # TYPE chainmail_community_refused_total counter\n",
+            );
+            text.push_str(&format!(
+                "chainmail_community_refused_total {}\n",
+                a.communities.refused()
+            ));
+        }
+        text
+    }
+
+    fn core_metrics(&self) -> String {
         crate::api::render_metrics(
             self.node.as_ref().map(|n| (n.stats(), n.queue_len())),
             self.client.as_ref().map(Client::stats),
@@ -842,6 +903,26 @@ impl Runtime {
             && account.messenger.poll_timeout().is_some_and(|t| t <= now)
         {
             account.messenger.handle_timeout(now);
+        }
+        if let Some(account) = &mut self.account {
+            let me = chainmail_chain::PeerEntry {
+                peer: self.net.local_peer_id().to_bytes(),
+                addrs: self
+                    .listen_addrs
+                    .iter()
+                    .take(chainmail_chain::MAX_ADDRS)
+                    .map(|a| a.to_string())
+                    .collect(),
+                published: now.0,
+            };
+            account.communities.me = Some(me);
+            if account
+                .communities
+                .poll_timeout()
+                .is_some_and(|t| t <= now.0)
+            {
+                account.communities.handle_timeout(now.0);
+            }
         }
         if self.account.is_some()
             && self.opts.network.advisory_key().is_some()
@@ -1022,6 +1103,9 @@ impl Runtime {
                 account.persist(now).context("storing the account")?;
                 while let Some(action) = account.messenger.poll_action() {
                     run_account_action(now, &self.net, &self.internal_tx, client, account, action);
+                }
+                while let Some(action) = account.communities.poll_action() {
+                    run_community_action(&self.net, &self.internal_tx, action);
                 }
             }
             // With the messages stored, the cursors move: the next fetch
@@ -1217,4 +1301,98 @@ pub(crate) fn unhex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
 /// Lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Carries out what the communities need from the network.
+fn run_community_action(
+    net: &NetHandle,
+    tx: &mpsc::Sender<Internal>,
+    action: crate::community::NetAction,
+) {
+    use crate::community::NetAction;
+    let net = net.clone();
+    let tx = tx.clone();
+    match action {
+        NetAction::Subscribe(topic) => {
+            tokio::spawn(async move {
+                if let Err(e) = net.subscribe(topic).await {
+                    warn!(error = %e, "cannot join a community topic");
+                }
+            });
+        }
+        NetAction::Unsubscribe(topic) => {
+            tokio::spawn(async move {
+                let _ = net.unsubscribe(topic).await;
+            });
+        }
+        NetAction::Publish { topic, bytes } => {
+            // No subscribed peer yet is fine: sync repairs what gossip misses.
+            tokio::spawn(async move {
+                let _ = net.publish_to(topic, bytes).await;
+            });
+        }
+        NetAction::Sync {
+            community,
+            peers,
+            request,
+        } => {
+            let pick = rand::rng().random_range(0..peers.len().max(1));
+            let Some(entry) = peers.get(pick).cloned() else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
+                    return;
+                };
+                for addr in entry
+                    .addrs
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    let _ = net.add_peer_address(peer, addr).await;
+                }
+                let mut bytes = vec![REQ_COMMUNITY];
+                bytes.extend_from_slice(&request);
+                if let Ok(response) = net.request(peer, bytes).await {
+                    let _ = tx
+                        .send(Internal::CommunitySync {
+                            community,
+                            bytes: response,
+                        })
+                        .await;
+                }
+            });
+        }
+        NetAction::Rendezvous {
+            community,
+            key,
+            secret,
+            period,
+            me,
+        } => {
+            tokio::spawn(async move {
+                let mut peers = match net.get_record(key.to_vec()).await {
+                    Ok(value) => {
+                        chainmail_chain::open_peers(&secret, period, &value).unwrap_or_default()
+                    }
+                    Err(_) => Vec::new(),
+                };
+                let found = peers.clone();
+                if let Some(me) = me {
+                    chainmail_chain::merge_peers(&mut peers, me);
+                    let value =
+                        chainmail_chain::seal_peers(&mut rand::rng(), &secret, period, &peers);
+                    let _ = net.put_record(key.to_vec(), value).await;
+                }
+                if !found.is_empty() {
+                    let _ = tx
+                        .send(Internal::CommunityPeers {
+                            community,
+                            peers: found,
+                        })
+                        .await;
+                }
+            });
+        }
+    }
 }

@@ -1,0 +1,950 @@
+//! The node's side of communities: each community the account belongs to
+//! (a `chainmail-chain` core), its blocks and secrets in the account's
+//! vault, invites and join requests through the end-to-end sessions, and
+//! what the runtime must do on the network (gossip, sync, rendezvous).
+//!
+//! Vault tables: `communities` (one JSON record per community: genesis,
+//! member secret, community keys, unsent posts, known peers, open invites),
+//! `community-blocks` (community id ‖ block id → block), `invites`
+//! (invitations received, by token).
+
+use std::collections::{HashMap, VecDeque};
+
+use anyhow::{Context, Result};
+use chainmail_chain::{
+    Block, Community, Config, Event, Genesis, Hash, Letter, LogWhat, MemberId, MemberSecret,
+    Output, PeerEntry, Policy, Role, Saved, SyncRequest, SyncResponse, merge_peers,
+};
+use chainmail_session::{Address, Messenger};
+use chainmail_store::Vault;
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::runtime::{hex, unhex, unhex_array};
+
+/// First byte of a topic message: a record or a block follows.
+pub(crate) const TOPIC_RECORD: u8 = 1;
+/// First byte of a topic message carrying a block.
+pub(crate) const TOPIC_BLOCK: u8 = 2;
+/// How often a member asks a peer for blocks it may have missed.
+const SYNC_EVERY_MS: u64 = 10_000;
+/// … while waiting to be admitted.
+const JOIN_SYNC_EVERY_MS: u64 = 2_000;
+/// How often the rendezvous record is refreshed.
+const RENDEZVOUS_EVERY_MS: u64 = 120_000;
+/// Length of a rendezvous period.
+pub(crate) const RENDEZVOUS_PERIOD_MS: u64 = 3_600_000;
+
+/// What the runtime must do on the network for the communities.
+#[derive(Debug)]
+pub(crate) enum NetAction {
+    Subscribe(String),
+    Unsubscribe(String),
+    Publish {
+        topic: String,
+        bytes: Vec<u8>,
+    },
+    /// Ask one of `peers` (peer id bytes) for blocks.
+    Sync {
+        community: Hash,
+        peers: Vec<PeerEntry>,
+        request: Vec<u8>,
+    },
+    /// Merge our entry into the rendezvous record and look the others up.
+    Rendezvous {
+        community: Hash,
+        key: Hash,
+        secret: Hash,
+        period: u64,
+        /// Our own entry, merged in.
+        me: Option<PeerEntry>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct StoredPeer {
+    peer: String,
+    addrs: Vec<String>,
+    published: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredCommunity {
+    genesis: String,
+    secret: String,
+    keys: Vec<(String, String)>,
+    pending: Vec<String>,
+    peers: Vec<StoredPeer>,
+    /// Invitations we sent: token → invitee address.
+    invited: Vec<(String, String)>,
+    /// Our name in the community (for the join request).
+    name: String,
+}
+
+/// An invitation we received.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct InviteView {
+    pub(crate) token: String,
+    pub(crate) community: String,
+    pub(crate) name: String,
+    pub(crate) from: String,
+    pub(crate) from_name: String,
+    pub(crate) at: u64,
+    pub(crate) genesis: String,
+    pub(crate) peers: Vec<(String, Vec<String>)>,
+    pub(crate) joined: bool,
+}
+
+struct Entry {
+    core: Community,
+    name: String,
+    peers: Vec<PeerEntry>,
+    invited: Vec<([u8; 16], Address)>,
+    topic: Option<String>,
+    next_sync: u64,
+    next_rendezvous: u64,
+    /// Blocks not yet written to the vault.
+    unsaved: Vec<Block>,
+    dirty: bool,
+    /// Refused input from the network, for /metrics.
+    refused: u64,
+}
+
+/// All communities of the account.
+pub(crate) struct Hub {
+    communities: HashMap<Hash, Entry>,
+    topic_prefix: String,
+    actions: VecDeque<NetAction>,
+    writes: Vec<(String, Vec<u8>, Vec<u8>)>,
+    /// Our own peer entry (peer id and listen addresses).
+    pub(crate) me: Option<PeerEntry>,
+}
+
+fn config() -> Config {
+    Config::default()
+}
+
+fn peer_to_stored(p: &PeerEntry) -> StoredPeer {
+    StoredPeer {
+        peer: hex(&p.peer),
+        addrs: p.addrs.clone(),
+        published: p.published,
+    }
+}
+
+fn peer_from_stored(p: &StoredPeer) -> Option<PeerEntry> {
+    Some(PeerEntry {
+        peer: unhex(&p.peer)?,
+        addrs: p.addrs.clone(),
+        published: p.published,
+    })
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn role_name(r: Option<Role>) -> &'static str {
+    r.map_or("gone", Role::as_str)
+}
+
+impl Hub {
+    /// The communities stored in the account's vault.
+    pub(crate) fn load(vault: &Vault, topic_prefix: String, now_ms: u64) -> Result<Hub> {
+        let mut hub = Hub {
+            communities: HashMap::new(),
+            topic_prefix,
+            actions: VecDeque::new(),
+            writes: Vec::new(),
+            me: None,
+        };
+        let mut blocks: HashMap<Hash, Vec<Block>> = HashMap::new();
+        for (key, value) in vault.list("community-blocks")? {
+            if key.len() == 64
+                && let Ok(block) = Block::decode(&value)
+            {
+                let mut id = [0u8; 32];
+                id.copy_from_slice(&key[..32]);
+                blocks.entry(id).or_default().push(block);
+            }
+        }
+        for (_, value) in vault.list("communities")? {
+            let stored: StoredCommunity =
+                serde_json::from_slice(&value).context("a stored community is damaged")?;
+            let genesis = Genesis::decode(&unhex(&stored.genesis).unwrap_or_default())
+                .context("a stored community's genesis is damaged")?;
+            let secret = unhex_array::<64>(&stored.secret)
+                .map(|b| MemberSecret::from_bytes(&b))
+                .context("a stored community's key is damaged")?;
+            let saved = Saved {
+                secret,
+                keys: stored
+                    .keys
+                    .iter()
+                    .filter_map(|(id, k)| Some((unhex_array(id)?, unhex_array(k)?)))
+                    .collect(),
+                pending: stored.pending.clone(),
+            };
+            let id = genesis.id();
+            let core = Community::restore(
+                config(),
+                rand::rng().random(),
+                genesis,
+                saved,
+                blocks.remove(&id).unwrap_or_default(),
+                now_ms,
+            );
+            let entry = Entry {
+                core,
+                name: stored.name,
+                peers: stored.peers.iter().filter_map(peer_from_stored).collect(),
+                invited: stored
+                    .invited
+                    .iter()
+                    .filter_map(|(t, a)| Some((unhex_array(t)?, a.parse().ok()?)))
+                    .collect(),
+                topic: None,
+                next_sync: now_ms,
+                next_rendezvous: now_ms,
+                unsaved: Vec::new(),
+                dirty: false,
+                refused: 0,
+            };
+            hub.communities.insert(id, entry);
+        }
+        for id in hub.communities.keys().copied().collect::<Vec<_>>() {
+            hub.after(id, now_ms);
+        }
+        Ok(hub)
+    }
+
+    /// Network work to do.
+    pub(crate) fn poll_action(&mut self) -> Option<NetAction> {
+        self.actions.pop_front()
+    }
+
+    /// Vault writes for the next batch.
+    pub(crate) fn take_writes(&mut self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+        for (id, e) in &mut self.communities {
+            for b in e.unsaved.drain(..) {
+                let mut key = id.to_vec();
+                key.extend_from_slice(&b.id());
+                self.writes
+                    .push(("community-blocks".into(), key, b.encode()));
+            }
+            if e.dirty {
+                e.dirty = false;
+                let saved = e.core.save();
+                let stored = StoredCommunity {
+                    genesis: hex(&e.core.chain().genesis().encode()),
+                    secret: hex(&saved.secret.to_bytes()[..]),
+                    keys: saved.keys.iter().map(|(id, k)| (hex(id), hex(k))).collect(),
+                    pending: saved.pending,
+                    peers: e.peers.iter().map(peer_to_stored).collect(),
+                    invited: e
+                        .invited
+                        .iter()
+                        .map(|(t, a)| (hex(t), a.to_string()))
+                        .collect(),
+                    name: e.name.clone(),
+                };
+                if let Ok(json) = serde_json::to_vec(&stored) {
+                    self.writes.push(("communities".into(), id.to_vec(), json));
+                }
+            }
+        }
+        std::mem::take(&mut self.writes)
+    }
+
+    /// When a community needs the runtime next.
+    pub(crate) fn poll_timeout(&self) -> Option<u64> {
+        self.communities
+            .values()
+            .flat_map(|e| [e.core.poll_timeout(), Some(e.next_sync)])
+            .flatten()
+            .min()
+    }
+
+    /// Timers: block production, republication, sync, rendezvous.
+    pub(crate) fn handle_timeout(&mut self, now_ms: u64) {
+        let ids: Vec<Hash> = self.communities.keys().copied().collect();
+        for id in ids {
+            let Some(e) = self.communities.get_mut(&id) else {
+                continue;
+            };
+            if e.core.poll_timeout().is_some_and(|t| t <= now_ms) {
+                e.core.handle_timeout(now_ms);
+            }
+            if now_ms >= e.next_sync {
+                let admitted = e.core.is_member() && e.core.has_current_key();
+                e.next_sync = now_ms
+                    + if admitted {
+                        SYNC_EVERY_MS
+                    } else {
+                        JOIN_SYNC_EVERY_MS
+                    };
+                if !e.peers.is_empty() && (e.core.is_member() || e.core.chain().height() == 0) {
+                    self.actions.push_back(NetAction::Sync {
+                        community: id,
+                        peers: e.peers.clone(),
+                        request: e.core.sync_request(now_ms),
+                    });
+                }
+            }
+            if now_ms >= e.next_rendezvous {
+                e.next_rendezvous = now_ms + RENDEZVOUS_EVERY_MS;
+                if let Some(secret) = e.core.rendezvous_secret() {
+                    let period = now_ms / RENDEZVOUS_PERIOD_MS;
+                    for p in [period, period + 1] {
+                        self.actions.push_back(NetAction::Rendezvous {
+                            community: id,
+                            key: chainmail_chain::rendezvous_key(&id, &secret, p),
+                            secret,
+                            period: p,
+                            me: self.me.clone(),
+                        });
+                    }
+                }
+            }
+            self.after(id, now_ms);
+        }
+    }
+
+    /// After anything happened to a community: outputs to the network,
+    /// events, topic changes, what to store.
+    fn after(&mut self, id: Hash, now_ms: u64) {
+        let Some(e) = self.communities.get_mut(&id) else {
+            return;
+        };
+        let topic = e
+            .core
+            .rendezvous_secret()
+            .filter(|_| e.core.is_member())
+            .map(|s| format!("{}{}", self.topic_prefix, chainmail_chain::topic_suffix(&s)));
+        if topic != e.topic {
+            // The old topic is kept until the next change would leave it
+            // behind; members still on it get the rotating block there.
+            if let Some(old) = e.topic.take() {
+                self.actions.push_back(NetAction::Unsubscribe(old));
+            }
+            if let Some(new) = &topic {
+                self.actions.push_back(NetAction::Subscribe(new.clone()));
+                e.next_rendezvous = now_ms;
+            }
+            e.topic = topic;
+        }
+        while let Some(out) = e.core.poll_output() {
+            match out {
+                Output::Record(bytes) => {
+                    e.dirty = true;
+                    if let Some(topic) = &e.topic {
+                        let mut msg = vec![TOPIC_RECORD];
+                        msg.extend_from_slice(&bytes);
+                        self.actions.push_back(NetAction::Publish {
+                            topic: topic.clone(),
+                            bytes: msg,
+                        });
+                    }
+                }
+                Output::Block(bytes) => {
+                    if let Ok(b) = Block::decode(&bytes) {
+                        e.unsaved.push(b);
+                    }
+                    e.dirty = true;
+                    if let Some(topic) = &e.topic {
+                        let mut msg = vec![TOPIC_BLOCK];
+                        msg.extend_from_slice(&bytes);
+                        self.actions.push_back(NetAction::Publish {
+                            topic: topic.clone(),
+                            bytes: msg,
+                        });
+                    }
+                }
+                Output::Fetch(ids) => {
+                    if !e.peers.is_empty() {
+                        self.actions.push_back(NetAction::Sync {
+                            community: id,
+                            peers: e.peers.clone(),
+                            request: e.core.fetch_request(now_ms, ids),
+                        });
+                    }
+                }
+            }
+        }
+        while let Some(event) = e.core.poll_event() {
+            e.dirty = true;
+            match event {
+                Event::Admitted | Event::KeyChanged => e.next_sync = now_ms,
+                Event::Expelled | Event::PostFailed { .. } => {}
+            }
+        }
+    }
+
+    /// A message on a community topic, from `source` (peer id bytes).
+    pub(crate) fn handle_topic(&mut self, now_ms: u64, topic: &str, source: Vec<u8>, bytes: &[u8]) {
+        let Some((id, e)) = self
+            .communities
+            .iter_mut()
+            .find(|(_, e)| e.topic.as_deref() == Some(topic))
+        else {
+            return;
+        };
+        let id = *id;
+        let result = match bytes.split_first() {
+            Some((&TOPIC_RECORD, rest)) => e.core.handle_record(now_ms, rest).map(|_| ()),
+            Some((&TOPIC_BLOCK, rest)) => e.core.handle_block(now_ms, rest).map(|ins| {
+                for b in ins.stored {
+                    if let Some(block) = e.core.chain().block(&b) {
+                        e.unsaved.push(block.clone());
+                    }
+                }
+            }),
+            _ => Err(chainmail_chain::ChainError::Malformed {
+                what: "topic message",
+                reason: "unknown kind",
+            }),
+        };
+        match result {
+            Ok(()) => {
+                // Whoever relays valid community traffic is a member node.
+                if !e.peers.iter().any(|p| p.peer == source) {
+                    merge_peers(
+                        &mut e.peers,
+                        PeerEntry {
+                            peer: source,
+                            addrs: Vec::new(),
+                            published: now_ms,
+                        },
+                    );
+                    e.dirty = true;
+                }
+            }
+            Err(err) => {
+                e.refused += 1;
+                tracing::debug!(error = %err, "community input refused");
+            }
+        }
+        self.after(id, now_ms);
+    }
+
+    /// A sync request from a peer: the response bytes.
+    pub(crate) fn answer_sync(&mut self, now_ms: u64, bytes: &[u8], max: usize) -> Vec<u8> {
+        let Ok(request) = SyncRequest::decode(bytes) else {
+            return SyncResponse::Unknown.encode();
+        };
+        match self
+            .communities
+            .values_mut()
+            .find(|e| e.core.sync_tag() == request.tag)
+        {
+            Some(e) => e.core.answer_sync(now_ms, &request, max).encode(),
+            None => SyncResponse::Unknown.encode(),
+        }
+    }
+
+    /// The answer to our sync request.
+    pub(crate) fn handle_sync_response(&mut self, now_ms: u64, id: Hash, bytes: &[u8]) {
+        let Some(e) = self.communities.get_mut(&id) else {
+            return;
+        };
+        let mut more = false;
+        match SyncResponse::decode(bytes) {
+            Ok(SyncResponse::Blocks(blocks)) => {
+                for b in &blocks {
+                    match e.core.handle_block(now_ms, b) {
+                        Ok(ins) => {
+                            more |= !ins.stored.is_empty();
+                            for s in ins.stored {
+                                if let Some(block) = e.core.chain().block(&s) {
+                                    e.unsaved.push(block.clone());
+                                }
+                            }
+                        }
+                        Err(_) => e.refused += 1,
+                    }
+                }
+                e.dirty |= more;
+            }
+            Ok(_) => {}
+            Err(_) => e.refused += 1,
+        }
+        if more {
+            // Ask again at once: the chain may be longer than one answer.
+            e.next_sync = now_ms;
+        }
+        self.after(id, now_ms);
+    }
+
+    /// Peers found in the rendezvous record.
+    pub(crate) fn learn_peers(&mut self, id: Hash, peers: Vec<PeerEntry>) {
+        let me = self.me.as_ref().map(|m| m.peer.clone());
+        if let Some(e) = self.communities.get_mut(&id) {
+            for p in peers {
+                if Some(&p.peer) != me.as_ref() {
+                    merge_peers(&mut e.peers, p);
+                }
+            }
+            e.dirty = true;
+        }
+    }
+
+    /// Refused community input, for metrics.
+    pub(crate) fn refused(&self) -> u64 {
+        self.communities.values().map(|e| e.refused).sum()
+    }
+
+    /// Letters from contacts: invitations and join requests.
+    pub(crate) fn handle_letter(
+        &mut self,
+        now_ms: u64,
+        vault_invites: &mut Vec<(String, Vec<u8>, Vec<u8>)>,
+        from: Address,
+        from_name: String,
+        body: &[u8],
+    ) {
+        match Letter::decode(body) {
+            Ok(Letter::Invite {
+                genesis,
+                peers,
+                token,
+            }) => {
+                let Ok(g) = Genesis::decode(&genesis) else {
+                    return;
+                };
+                let view = InviteView {
+                    token: hex(&token),
+                    community: hex(&g.id()),
+                    name: g.name.clone(),
+                    from: from.to_string(),
+                    from_name,
+                    at: now_ms,
+                    genesis: hex(&genesis),
+                    peers: peers
+                        .iter()
+                        .map(|p| (hex(&p.peer), p.addrs.clone()))
+                        .collect(),
+                    joined: false,
+                };
+                if let Ok(json) = serde_json::to_vec(&view) {
+                    vault_invites.push(("invites".into(), token.to_vec(), json));
+                }
+            }
+            Ok(Letter::Join {
+                community,
+                token,
+                member,
+                name,
+            }) => {
+                let Some(e) = self.communities.get_mut(&community) else {
+                    return;
+                };
+                let Some(i) = e
+                    .invited
+                    .iter()
+                    .position(|(t, a)| *t == token && *a == from)
+                else {
+                    e.refused += 1;
+                    return;
+                };
+                e.invited.remove(i);
+                e.dirty = true;
+                if let Err(err) = e.core.add(now_ms, member, &name) {
+                    tracing::debug!(error = %err, "join request refused");
+                }
+                self.after(community, now_ms);
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn find(&self, name_or_id: &str) -> Result<Hash, String> {
+        let q = name_or_id.to_lowercase();
+        let found: Vec<Hash> = self
+            .communities
+            .iter()
+            .filter(|(id, e)| hex(&id[..]).starts_with(&q) || e.core.name() == name_or_id)
+            .map(|(id, _)| *id)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!(
+                "no community {name_or_id:?} (`chainmail community list`)"
+            )),
+            _ => Err(format!(
+                "{name_or_id:?} names more than one community: give more of its id"
+            )),
+        }
+    }
+
+    fn member(&self, id: &Hash, name_or_id: &str) -> Result<MemberId, String> {
+        let e = &self.communities[id];
+        let q = name_or_id.to_lowercase();
+        let found: Vec<MemberId> = e
+            .core
+            .state()
+            .members()
+            .iter()
+            .filter(|(m, info)| info.name == name_or_id || hex(&m[..]).starts_with(&q))
+            .map(|(m, _)| *m)
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] if q.len() == 64 => unhex_array(&q).ok_or_else(|| "bad member id".into()),
+            [] => Err(format!(
+                "no member {name_or_id:?} (`chainmail community members`)"
+            )),
+            _ => Err(format!(
+                "{name_or_id:?} names more than one member: give their id"
+            )),
+        }
+    }
+
+    fn record_id(&self, id: &Hash, prefix: &str) -> Result<Hash, String> {
+        let q = prefix.to_lowercase();
+        let found: Vec<Hash> = self.communities[id]
+            .core
+            .log(0)
+            .into_iter()
+            .map(|e| e.record)
+            .filter(|r| hex(&r[..]).starts_with(&q))
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(format!("no record {prefix:?} (`chainmail community log`)")),
+            _ => Err(format!("{prefix:?} names more than one record")),
+        }
+    }
+
+    fn summary(&self, id: &Hash) -> Value {
+        let e = &self.communities[id];
+        let state = e.core.state();
+        json!({
+            "id": hex(&id[..]),
+            "name": e.core.name(),
+            "me": hex(&e.core.me()),
+            "my_name": e.name,
+            "role": role_name(state.role(&e.core.me())),
+            "admitted": e.core.is_member() && e.core.has_current_key(),
+            "members": state.members().len(),
+            "height": e.core.chain().height(),
+            "epoch": state.epoch,
+            "pending": e.core.pending(),
+            "peers": e.peers.len(),
+        })
+    }
+
+    /// A CLI request.
+    pub(crate) fn handle(
+        &mut self,
+        now_ms: u64,
+        messenger: &mut Messenger,
+        invites: &[InviteView],
+        writes: &mut Vec<(String, Vec<u8>, Vec<u8>)>,
+        request: CommunityRequest,
+    ) -> Result<Value, String> {
+        match request {
+            CommunityRequest::Create { name, me } => {
+                let my_name = me.unwrap_or_else(|| messenger.name().to_owned());
+                let core = Community::create(
+                    config(),
+                    rand::rng().random(),
+                    &my_name,
+                    &name,
+                    Policy::default(),
+                    now_ms,
+                )
+                .map_err(err)?;
+                let id = core.id();
+                self.communities.insert(
+                    id,
+                    Entry {
+                        core,
+                        name: my_name,
+                        peers: Vec::new(),
+                        invited: Vec::new(),
+                        topic: None,
+                        next_sync: now_ms,
+                        next_rendezvous: now_ms,
+                        unsaved: Vec::new(),
+                        dirty: true,
+                        refused: 0,
+                    },
+                );
+                self.after(id, now_ms);
+                Ok(self.summary(&id))
+            }
+            CommunityRequest::List => {
+                let mut all: Vec<Value> =
+                    self.communities.keys().map(|id| self.summary(id)).collect();
+                all.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                Ok(json!(all))
+            }
+            CommunityRequest::Invite { community, contact } => {
+                let id = self.find(&community)?;
+                let to = messenger
+                    .find_contact(&contact)
+                    .map(|c| c.address)
+                    .ok_or_else(|| format!("no contact named {contact:?}"))?;
+                let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                if e.core.state().role(&e.core.me()) < Some(Role::Moderator) {
+                    return Err(
+                        "only moderators and above can add members; ask one to invite".into(),
+                    );
+                }
+                let token = e.core.random();
+                let mut peers = e.peers.clone();
+                if let Some(me) = &self.me {
+                    merge_peers(&mut peers, me.clone());
+                }
+                let letter = Letter::Invite {
+                    genesis: e.core.chain().genesis().encode(),
+                    peers,
+                    token,
+                };
+                messenger
+                    .send_community(chainmail_mixnet::Time(now_ms), &to, letter.encode())
+                    .map_err(err)?;
+                e.invited.push((token, to));
+                e.dirty = true;
+                Ok(json!({ "community": hex(&id[..]), "invited": contact, "token": hex(&token) }))
+            }
+            CommunityRequest::Invites => Ok(json!(invites)),
+            CommunityRequest::Join { invite, me } => {
+                let q = invite.to_lowercase();
+                let found: Vec<&InviteView> = invites
+                    .iter()
+                    .filter(|i| {
+                        i.token.starts_with(&q) || i.community.starts_with(&q) || i.name == invite
+                    })
+                    .collect();
+                let inv = match found.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(format!(
+                            "no invitation {invite:?} (`chainmail community invites`)"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "{invite:?} names more than one invitation: give its token"
+                        ));
+                    }
+                };
+                let genesis =
+                    Genesis::decode(&unhex(&inv.genesis).unwrap_or_default()).map_err(err)?;
+                let id = genesis.id();
+                if self.communities.contains_key(&id) {
+                    return Err("you are already in this community (or joining it)".into());
+                }
+                let from: Address = inv.from.parse().map_err(err)?;
+                let token = unhex_array::<16>(&inv.token).ok_or("bad token")?;
+                let secret = MemberSecret::generate(&mut rand::rng());
+                let my_name = me.unwrap_or_else(|| messenger.name().to_owned());
+                let letter = Letter::Join {
+                    community: id,
+                    token,
+                    member: secret.public(),
+                    name: my_name.clone(),
+                };
+                messenger
+                    .send_community(chainmail_mixnet::Time(now_ms), &from, letter.encode())
+                    .map_err(err)?;
+                let core = Community::join(config(), rand::rng().random(), genesis, secret);
+                let peers = inv
+                    .peers
+                    .iter()
+                    .filter_map(|(p, addrs)| {
+                        Some(PeerEntry {
+                            peer: unhex(p)?,
+                            addrs: addrs.clone(),
+                            published: inv.at,
+                        })
+                    })
+                    .collect();
+                self.communities.insert(
+                    id,
+                    Entry {
+                        core,
+                        name: my_name,
+                        peers,
+                        invited: Vec::new(),
+                        topic: None,
+                        next_sync: now_ms,
+                        next_rendezvous: now_ms,
+                        unsaved: Vec::new(),
+                        dirty: true,
+                        refused: 0,
+                    },
+                );
+                let mut joined = inv.clone();
+                joined.joined = true;
+                if let Ok(json) = serde_json::to_vec(&joined) {
+                    writes.push(("invites".into(), token.to_vec(), json));
+                }
+                self.after(id, now_ms);
+                Ok(self.summary(&id))
+            }
+            CommunityRequest::Post { community, text } => {
+                let id = self.find(&community)?;
+                let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                let record = e.core.post(now_ms, &text).map_err(err)?;
+                self.after(id, now_ms);
+                Ok(json!({ "record": hex(&record), "state": "pending" }))
+            }
+            CommunityRequest::Log { community, after } => {
+                let id = self.find(&community)?;
+                let e = &self.communities[&id];
+                let out: Vec<Value> = e
+                    .core
+                    .log(after.saturating_add(1))
+                    .into_iter()
+                    .map(|l| {
+                        let (kind, text, target) = match l.what {
+                            LogWhat::Post(Some(t)) => ("post", Some(t), None),
+                            LogWhat::Post(None) => ("post-unreadable", None, None),
+                            LogWhat::Redacted => ("post-redacted", None, None),
+                            LogWhat::Added { member, name } => ("added", Some(name), Some(member)),
+                            LogWhat::Removed(m) => ("removed", None, Some(m)),
+                            LogWhat::Banned(m) => ("banned", None, Some(m)),
+                            LogWhat::Role(m, r) => ("role", Some(r.as_str().to_owned()), Some(m)),
+                            LogWhat::Redact(r) => ("redact", None, Some(r)),
+                            LogWhat::Rotated(n) => ("key-rotated", Some(n.to_string()), None),
+                            LogWhat::Left => ("left", None, None),
+                        };
+                        let target_name = target
+                            .and_then(|t| e.core.state().members().get(&t).map(|m| m.name.clone()));
+                        json!({
+                            "height": l.height,
+                            "record": hex(&l.record),
+                            "author": hex(&l.issuer),
+                            "author_name": l.issuer_name,
+                            "at": l.timestamp,
+                            "kind": kind,
+                            "text": text,
+                            "target": target.map(|t| hex(&t)),
+                            "target_name": target_name,
+                        })
+                    })
+                    .collect();
+                Ok(json!({ "height": e.core.chain().height(), "entries": out }))
+            }
+            CommunityRequest::Members { community } => {
+                let id = self.find(&community)?;
+                let e = &self.communities[&id];
+                let mut out: Vec<Value> = e
+                    .core
+                    .state()
+                    .members()
+                    .iter()
+                    .map(|(m, info)| {
+                        json!({
+                            "id": hex(m),
+                            "name": info.name,
+                            "role": info.role.as_str(),
+                            "me": *m == e.core.me(),
+                        })
+                    })
+                    .collect();
+                out.sort_by(|a, b| {
+                    b["role"]
+                        .as_str()
+                        .map(rank)
+                        .cmp(&a["role"].as_str().map(rank))
+                        .then(a["name"].as_str().cmp(&b["name"].as_str()))
+                });
+                Ok(json!(out))
+            }
+            CommunityRequest::Act {
+                community,
+                action,
+                target,
+            } => {
+                let id = self.find(&community)?;
+                let record = match action.as_str() {
+                    "redact" => {
+                        let r = self.record_id(&id, &target)?;
+                        let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                        e.core.redact(now_ms, r)
+                    }
+                    "promote" | "demote" => {
+                        let m = self.member(&id, &target)?;
+                        let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                        let current = e.core.state().role(&m).ok_or("not a member")?;
+                        let role = if action == "promote" {
+                            current
+                                .up()
+                                .ok_or("cannot be promoted further (there is one owner)")?
+                        } else {
+                            current.down().ok_or("cannot be demoted further")?
+                        };
+                        e.core.set_role(now_ms, m, role)
+                    }
+                    "remove" | "ban" => {
+                        let m = self.member(&id, &target)?;
+                        let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                        if action == "remove" {
+                            e.core.remove(now_ms, m)
+                        } else {
+                            e.core.ban(now_ms, m)
+                        }
+                    }
+                    "leave" => {
+                        let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                        e.core.leave(now_ms)
+                    }
+                    other => return Err(format!("unknown action {other:?}")),
+                }
+                .map_err(err)?;
+                self.after(id, now_ms);
+                Ok(json!({ "record": hex(&record), "state": "pending" }))
+            }
+        }
+    }
+}
+
+fn rank(role: &str) -> u8 {
+    match role {
+        "owner" => 3,
+        "admin" => 2,
+        "moderator" => 1,
+        _ => 0,
+    }
+}
+
+/// Community requests of the CLI (`POST /v1/account`, op `community`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub(crate) enum CommunityRequest {
+    Create {
+        name: String,
+        me: Option<String>,
+    },
+    List,
+    Invite {
+        community: String,
+        contact: String,
+    },
+    Invites,
+    Join {
+        invite: String,
+        me: Option<String>,
+    },
+    Post {
+        community: String,
+        text: String,
+    },
+    Log {
+        community: String,
+        after: u64,
+    },
+    Members {
+        community: String,
+    },
+    /// promote, demote, remove, ban, redact, leave.
+    Act {
+        community: String,
+        action: String,
+        target: String,
+    },
+}
