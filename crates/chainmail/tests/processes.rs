@@ -890,3 +890,206 @@ fn accounts_survive_offline_restart_strangers_and_a_new_device() {
     }
     assert!(!seen.is_empty());
 }
+
+fn community_json(dir: &Path, args: &[&str]) -> Value {
+    let mut all = vec!["community"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data-dir", dir.to_str().unwrap()]);
+    cli_json(&all)
+}
+
+fn community_posts(dir: &Path) -> Vec<Option<String>> {
+    try_community_posts(dir).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_community_posts(dir: &Path) -> Result<Vec<Option<String>>, String> {
+    let out = cli(&[
+        "community",
+        "log",
+        "garden",
+        "--json",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("post")))
+        .map(|e| e["text"].as_str().map(str::to_string))
+        .collect())
+}
+
+fn community_admitted(dir: &Path) -> bool {
+    community_json(dir, &["list"])
+        .as_array()
+        .and_then(|a| a.first().cloned())
+        .is_some_and(|c| c["admitted"] == true)
+}
+
+/// An owner, an admin and three members on five nodes: invitations through
+/// the sessions, joins, posts that converge everywhere, a removed member
+/// that cannot read later posts, concurrent admin actions that converge,
+/// and a member offline during twenty posts that catches up.
+#[test]
+fn communities_converge_across_nodes() {
+    let _one_at_a_time = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut procs = Procs(Vec::new());
+    let nodes = start_testnet(&mut procs, root, &[]);
+    let network = root.join("network.toml");
+    let names = ["alice", "bob", "carol", "dave", "erin"];
+    let dirs: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+    let mut addresses = Vec::new();
+    for (i, (name, dir)) in names.iter().zip(&dirs).enumerate() {
+        addresses.push(init_account(&network, dir, name, &[]));
+        let a = (2 * i) % nodes.len();
+        let b = (2 * i + 1) % nodes.len();
+        start_client(&mut procs, &network, dir, &[&nodes[a].0, &nodes[b].0]);
+    }
+    let alice = &dirs[0];
+    for i in 1..5 {
+        cli_ok(&[
+            "contact",
+            "add",
+            &addresses[i],
+            "--name",
+            names[i],
+            "--data-dir",
+            &d(alice),
+        ]);
+    }
+    for dir in &dirs[1..] {
+        wait_for("alice's request", Duration::from_secs(120), || {
+            contact_state(dir, "alice")
+                .is_some_and(|s| s == "request-received")
+                .then_some(())
+        });
+        cli_ok(&["contact", "accept", "alice", "--data-dir", &d(dir)]);
+    }
+    for name in &names[1..] {
+        wait_for("acceptance", Duration::from_secs(120), || {
+            (contact_state(alice, name).as_deref() == Some("accepted")).then_some(())
+        });
+    }
+
+    let created = community_json(alice, &["create", "garden"]);
+    assert_eq!(created["role"], "owner");
+    for name in &names[1..] {
+        community_json(alice, &["invite", "garden", name]);
+    }
+    for dir in &dirs[1..] {
+        let token = wait_for("the invitation", Duration::from_secs(120), || {
+            community_json(dir, &["invites"])
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .and_then(|i| i["token"].as_str().map(str::to_string))
+        });
+        community_json(dir, &["join", &token]);
+    }
+    for dir in &dirs[1..] {
+        wait_for("admission", Duration::from_secs(180), || {
+            community_admitted(dir).then_some(())
+        });
+    }
+    // bob becomes an admin (two steps: member → moderator → admin).
+    community_json(alice, &["promote", "garden", "bob"]);
+    wait_for("bob moderator", Duration::from_secs(60), || {
+        community_json(alice, &["members", "garden"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "bob" && m["role"] == "moderator")
+            .then_some(())
+    });
+    community_json(alice, &["promote", "garden", "bob"]);
+
+    // Everyone posts; every node shows the same posts in the same order.
+    for (i, dir) in dirs.iter().enumerate() {
+        community_json(
+            dir,
+            &["post", "garden", &format!("hello from {}", names[i])],
+        );
+    }
+    let all = wait_for("posts to converge", Duration::from_secs(120), || {
+        let first = community_posts(alice);
+        (first.len() == 5 && dirs.iter().all(|d| community_posts(d) == first)).then_some(first)
+    });
+    assert!(all.iter().all(Option::is_some), "{all:?}");
+
+    // Concurrent admin actions: bob (admin) makes carol a moderator while
+    // alice (owner) removes erin.
+    community_json(&dirs[1], &["promote", "garden", "carol"]);
+    community_json(alice, &["remove", "garden", "erin"]);
+    let members = |dir: &Path| -> Vec<(String, String)> {
+        let mut m: Vec<(String, String)> = community_json(dir, &["members", "garden"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().into(),
+                    m["role"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        m.sort();
+        m
+    };
+    let expected: Vec<(String, String)> = vec![
+        ("alice".into(), "owner".into()),
+        ("bob".into(), "admin".into()),
+        ("carol".into(), "moderator".into()),
+        ("dave".into(), "member".into()),
+    ];
+    for dir in &dirs[..4] {
+        wait_for("the roster to converge", Duration::from_secs(120), || {
+            (members(dir) == expected).then_some(())
+        });
+    }
+    community_json(&dirs[2], &["post", "garden", "after erin left"]);
+    for dir in &dirs[..4] {
+        wait_for(
+            "the post after the removal",
+            Duration::from_secs(120),
+            || {
+                community_posts(dir)
+                    .contains(&Some("after erin left".into()))
+                    .then_some(())
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let erin_posts = community_posts(&dirs[4]);
+    assert!(
+        !erin_posts.contains(&Some("after erin left".into())),
+        "a removed member read a later post: {erin_posts:?}"
+    );
+
+    // dave is offline during twenty posts, then catches up.
+    kill9(&dirs[3]);
+    for k in 0..20 {
+        let who = [0, 1, 2][k % 3];
+        community_json(
+            &dirs[who],
+            &["post", "garden", &format!("while dave was away {k}")],
+        );
+    }
+    wait_for(
+        "the twenty posts at alice",
+        Duration::from_secs(120),
+        || (community_posts(alice).len() >= 26).then_some(()),
+    );
+    start_node(
+        &mut procs,
+        &network,
+        &dirs[3],
+        &["--roles", "none", "--client"],
+    );
+    let expect = community_posts(alice);
+    wait_for("dave to catch up", Duration::from_secs(120), || {
+        (try_community_posts(&dirs[3]).ok()? == expect).then_some(())
+    });
+    assert_eq!(metric(alice, "chainmail_community_refused_total"), 0);
+}
