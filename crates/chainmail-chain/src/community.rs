@@ -699,7 +699,11 @@ impl Community {
         }
         let parent = self.chain.tip();
         let mut state = state.clone();
-        let members_room = (state.members().len() + 64) * 80 + 512;
+        // Room for the key rotation that may end the block: a wrap (80
+        // bytes with its member id) per member of the roster as it will
+        // be, and 512 for the rest. It grows with every addition, so it is
+        // counted per record, not once for the roster before the block.
+        let rotation_room = |members: usize| members * 80 + 512;
         let mut candidates: Vec<&Record> = self.pool.iter().collect();
         candidates.sort_by_key(|r| match r.body {
             Body::Message { .. } => 0,
@@ -709,15 +713,30 @@ impl Community {
         let mut chosen: Vec<Record> = Vec::new();
         let mut size = 256;
         let mut roster_changed = false;
+        let me = self.me.id();
         for r in candidates {
             if chosen.len() + 1 >= limits::MAX_RECORDS_PER_BLOCK {
                 break;
             }
             let len = r.encode().len() + 4;
-            if size + len + members_room > limits::MAX_BLOCK_BYTES {
+            let members = state.members().len() + usize::from(matches!(r.body, Body::Add { .. }));
+            if size + len + rotation_room(members) > limits::MAX_BLOCK_BYTES {
                 continue;
             }
             if r.timestamp > now_ms.saturating_add(limits::MAX_SKEW_MS) {
+                continue;
+            }
+            // A record that ends our right to produce (our leave, removal,
+            // ban or demotion) would leave the key rotation a roster change
+            // needs without a valid signer, and fail every turn: other
+            // producers include it.
+            let ends_our_rights = match &r.body {
+                Body::Leave => r.issuer == me,
+                Body::Remove { member } | Body::Ban { member } => *member == me,
+                Body::SetRole { member, role } => *member == me && *role < Role::Admin,
+                _ => false,
+            };
+            if ends_our_rights {
                 continue;
             }
             if self

@@ -46,6 +46,10 @@ pub struct MemberKeys {
 pub struct MemberSecret {
     sign: [u8; 32],
     kem: [u8; 32],
+    /// Derived once: two scalar multiplications, and the id is asked for
+    /// on every record, block and insertion.
+    #[zeroize(skip)]
+    public: MemberKeys,
 }
 
 impl std::fmt::Debug for MemberSecret {
@@ -63,7 +67,7 @@ impl MemberSecret {
         let mut kem = [0u8; 32];
         rng.fill_bytes(&mut sign);
         rng.fill_bytes(&mut kem);
-        Self { sign, kem }
+        Self::new(sign, kem)
     }
 
     /// The keys back from [`MemberSecret::to_bytes`].
@@ -72,7 +76,15 @@ impl MemberSecret {
         let mut kem = [0u8; 32];
         sign.copy_from_slice(&bytes[..32]);
         kem.copy_from_slice(&bytes[32..]);
-        Self { sign, kem }
+        Self::new(sign, kem)
+    }
+
+    fn new(sign: [u8; 32], kem: [u8; 32]) -> Self {
+        let public = MemberKeys {
+            sign: SigningKey::from_bytes(&sign).verifying_key().to_bytes(),
+            kem: x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(kem)).to_bytes(),
+        };
+        Self { sign, kem, public }
     }
 
     /// The secret seeds (keep them encrypted at rest).
@@ -85,18 +97,12 @@ impl MemberSecret {
 
     /// The public keys.
     pub fn public(&self) -> MemberKeys {
-        MemberKeys {
-            sign: SigningKey::from_bytes(&self.sign)
-                .verifying_key()
-                .to_bytes(),
-            kem: x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(self.kem))
-                .to_bytes(),
-        }
+        self.public
     }
 
     /// The member id (the Ed25519 public key).
     pub fn id(&self) -> [u8; 32] {
-        self.public().sign
+        self.public.sign
     }
 
     pub(crate) fn sign(&self, domain: &str, digest: &Hash) -> [u8; 64] {

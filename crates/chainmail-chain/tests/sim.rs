@@ -404,7 +404,11 @@ fn concurrent_admin_actions_converge() {
     sim.online[2] = false;
     sim.settle();
     let tip = sim.members[0].chain().tip();
-    assert!([0, 1, 3, 4].iter().all(|i| sim.members[*i].chain().tip() == tip));
+    assert!(
+        [0, 1, 3, 4]
+            .iter()
+            .all(|i| sim.members[*i].chain().tip() == tip)
+    );
     let state = sim.members[0].state();
     // The owner's block wins its height: bo is out, so bo's ban (whose
     // block lost) is refused when judged again; adele's promotion of cy
@@ -412,7 +416,11 @@ fn concurrent_admin_actions_converge() {
     assert_eq!(state.role(&bo), None);
     assert_eq!(state.role(&cy), Some(Role::Moderator));
     assert!(!state.is_banned(&cy));
-    assert!([0, 1, 3, 4].iter().all(|i| sim.members[*i].state().hash() == state.hash()));
+    assert!(
+        [0, 1, 3, 4]
+            .iter()
+            .all(|i| sim.members[*i].state().hash() == state.hash())
+    );
 }
 
 #[test]
