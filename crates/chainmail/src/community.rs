@@ -323,8 +323,9 @@ impl Hub {
             .filter(|_| e.core.is_member())
             .map(|s| format!("{}{}", self.topic_prefix, chainmail_chain::topic_suffix(&s)));
         if topic != e.topic {
-            // The old topic is kept until the next change would leave it
-            // behind; members still on it get the rotating block there.
+            // A new key means a new topic. Members that missed the block
+            // that rotated it (it is gossiped on the new topic) get it by
+            // their next sync, at most SYNC_EVERY_MS later.
             if let Some(old) = e.topic.take() {
                 self.actions.push_back(NetAction::Unsubscribe(old));
             }
