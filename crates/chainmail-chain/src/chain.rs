@@ -63,6 +63,22 @@ pub struct Insertion {
     pub equivocations: usize,
 }
 
+/// How a gossiped record fits the chain at a tip, before its rights are
+/// judged. Records race the blocks they refer to: these outcomes are the
+/// ordinary result of gossip, not evidence of anything wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fit {
+    /// Judge it against the tip's state.
+    Judge,
+    /// Already included in a block of the tip's branch.
+    Duplicate,
+    /// Anchored to a block not held yet: it can be judged once it arrives.
+    Early,
+    /// Anchored to a block of another branch or too far below the tip: no
+    /// block on this tip can include it (its issuer issues it again).
+    Stale,
+}
+
 /// A community's block tree.
 pub struct Chain {
     genesis: Genesis,
@@ -224,6 +240,33 @@ impl Chain {
                 None => return false,
             }
         }
+    }
+
+    /// How a gossiped record fits the branch of `tip` (see [`Fit`]). Only
+    /// [`Fit::Judge`] records can be included in a block on `tip`.
+    pub(crate) fn fit(&self, tip: &BlockId, record: &Record) -> Fit {
+        if record.community != self.id {
+            // Judging refuses it.
+            return Fit::Judge;
+        }
+        let Some(anchor) = self.nodes.get(&record.anchor) else {
+            return Fit::Early;
+        };
+        let included = self.index.get(&record.id()).is_some_and(|places| {
+            places
+                .iter()
+                .any(|(block, _, _)| self.is_ancestor(block, tip))
+        });
+        if included {
+            return Fit::Duplicate;
+        }
+        let tip_height = self.nodes.get(tip).map_or(0, |n| n.height);
+        if !self.is_ancestor(&record.anchor, tip)
+            || tip_height - anchor.height >= limits::ANCHOR_WINDOW
+        {
+            return Fit::Stale;
+        }
+        Fit::Judge
     }
 
     /// Judges a record as if it were the next in a block on `parent` whose

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_core::Rng;
 
-use crate::chain::{Chain, Insertion};
+use crate::chain::{Chain, Fit, Insertion};
 use crate::crypto::{
     EpochKey, Hash, MemberKeys, MemberSecret, open_post, seal_post, unwrap_for, wrap_for,
 };
@@ -54,6 +54,19 @@ pub enum Output {
     Fetch(Vec<BlockId>),
 }
 
+/// What became of a gossiped record that was not refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Valid at the tip: in the pool for the next block.
+    Pooled(RecordId),
+    /// Already in a block of the best chain.
+    Duplicate,
+    /// Anchored to a block not held yet: held (bounded) until it arrives.
+    Early,
+    /// Anchored to another branch or too far back: dropped.
+    Stale,
+}
+
 /// What the user should hear about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -79,6 +92,15 @@ pub struct Stats {
     pub blocks_refused: u64,
     /// Records refused.
     pub records_refused: u64,
+    /// Gossiped records that arrived after a block of the best chain
+    /// included them (dropped, not refused).
+    pub records_duplicate: u64,
+    /// Gossiped records that arrived before the block they are anchored
+    /// to (held, bounded, and judged when it comes).
+    pub records_early: u64,
+    /// Gossiped records anchored to another branch or too far back:
+    /// dropped (their issuers issue them again), not refused.
+    pub records_stale: u64,
     /// Equivocations seen.
     pub equivocations: u64,
     /// Sync requests refused.
@@ -154,6 +176,8 @@ pub struct Community {
     config: Config,
     rng: StdRng,
     pool: Vec<Record>,
+    /// Gossiped records whose anchor has not arrived yet, oldest first.
+    early: VecDeque<Record>,
     /// Our own records not yet in the best chain, with a post's text.
     own: HashMap<RecordId, (Record, Option<String>)>,
     produce_at: Option<u64>,
@@ -211,6 +235,7 @@ impl Community {
             config,
             rng,
             pool: Vec::new(),
+            early: VecDeque::new(),
             own: HashMap::new(),
             produce_at: None,
             last_produced: 0,
@@ -475,17 +500,21 @@ impl Community {
         self.issue(now_ms, Body::Leave, None)
     }
 
-    /// A gossiped record. Refused records are counted.
-    pub fn handle_record(&mut self, now_ms: u64, bytes: &[u8]) -> Result<RecordId, ChainError> {
-        let result = self.accept_record(now_ms, bytes);
-        if result.is_err() {
-            self.stats.records_refused += 1;
+    /// A gossiped record. Refused records are counted; records that race
+    /// the blocks they refer to are not refused (see [`Received`]).
+    pub fn handle_record(&mut self, now_ms: u64, bytes: &[u8]) -> Result<Received, ChainError> {
+        let result = Record::decode(bytes).and_then(|r| self.accept_record(now_ms, r));
+        match result {
+            Err(_) => self.stats.records_refused += 1,
+            Ok(Received::Duplicate) => self.stats.records_duplicate += 1,
+            Ok(Received::Early) => self.stats.records_early += 1,
+            Ok(Received::Stale) => self.stats.records_stale += 1,
+            Ok(Received::Pooled(_)) => {}
         }
         result
     }
 
-    fn accept_record(&mut self, now_ms: u64, bytes: &[u8]) -> Result<RecordId, ChainError> {
-        let record = Record::decode(bytes)?;
+    fn accept_record(&mut self, now_ms: u64, record: Record) -> Result<Received, ChainError> {
         if record.timestamp > now_ms.saturating_add(limits::MAX_SKEW_MS) {
             return Err(ChainError::Refused {
                 what: record.body.kind(),
@@ -500,14 +529,46 @@ impl Community {
         }
         let id = record.id();
         if self.pool.iter().any(|r| r.id() == id) {
-            return Ok(id);
+            return Ok(Received::Pooled(id));
         }
         let tip = self.chain.tip();
+        match self.chain.fit(&tip, &record) {
+            Fit::Judge => {}
+            Fit::Duplicate => return Ok(Received::Duplicate),
+            Fit::Stale => return Ok(Received::Stale),
+            Fit::Early => {
+                if !self.early.iter().any(|r| r.id() == id) {
+                    if self.early.len() >= limits::MAX_EARLY_RECORDS {
+                        self.early.pop_front();
+                    }
+                    self.early.push_back(record);
+                }
+                return Ok(Received::Early);
+            }
+        }
         self.chain
             .judge_record(&tip, self.chain.state(), &[], &record)?;
         self.add_to_pool(record);
         self.schedule(now_ms, false);
-        Ok(id)
+        Ok(Received::Pooled(id))
+    }
+
+    /// Judges the held records whose anchors have arrived; a refused one
+    /// counts as refused now.
+    fn release_early(&mut self, now_ms: u64) {
+        let (arrived, waiting): (VecDeque<Record>, VecDeque<Record>) =
+            std::mem::take(&mut self.early)
+                .into_iter()
+                .partition(|r| self.chain.contains(&r.anchor));
+        self.early = waiting;
+        for r in arrived {
+            match self.accept_record(now_ms, r) {
+                Err(_) => self.stats.records_refused += 1,
+                Ok(Received::Duplicate) => self.stats.records_duplicate += 1,
+                Ok(Received::Stale) => self.stats.records_stale += 1,
+                Ok(_) => {}
+            }
+        }
     }
 
     fn add_to_pool(&mut self, record: Record) {
@@ -536,6 +597,9 @@ impl Community {
         self.stats.equivocations += insertion.equivocations as u64;
         for id in &insertion.stored {
             self.learn_keys(id);
+        }
+        if !insertion.stored.is_empty() && !self.early.is_empty() {
+            self.release_early(now_ms);
         }
         if let Some(missing) = insertion.missing_parent {
             self.outputs.push_back(Output::Fetch(vec![missing]));

@@ -48,3 +48,19 @@ pub enum ChainError {
         reason: &'static str,
     },
 }
+
+impl ChainError {
+    /// A short snake_case name of the kind of error, for metric labels:
+    /// `malformed`, `too_large`, `bad_signature`, `invalid`, `refused`
+    /// (a rights or anchor rule) or `bad_block`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChainError::Malformed { .. } => "malformed",
+            ChainError::TooLarge { .. } => "too_large",
+            ChainError::BadSignature => "bad_signature",
+            ChainError::Invalid { .. } => "invalid",
+            ChainError::Refused { .. } => "refused",
+            ChainError::BadBlock { .. } => "bad_block",
+        }
+    }
+}

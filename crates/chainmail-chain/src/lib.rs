@@ -11,7 +11,7 @@ mod wire;
 
 pub use chain::{Chain, Equivocation, Insertion, TipChange};
 pub use community::{
-    Community, Config, Event, LogEntry, LogWhat, Output, Saved, Stats, SyncProgress,
+    Community, Config, Event, LogEntry, LogWhat, Output, Received, Saved, Stats, SyncProgress,
 };
 pub use crypto::{EpochKey, Hash, MemberKeys, MemberSecret, WRAP_LEN, sha512_256};
 pub use error::ChainError;
@@ -49,6 +49,9 @@ pub mod limits {
     pub const MAX_ORPHANS: usize = 1_024;
     /// Equivocations kept as evidence.
     pub const MAX_EVIDENCE: usize = 64;
+    /// Gossiped records held while the block they are anchored to has
+    /// not arrived yet.
+    pub const MAX_EARLY_RECORDS: usize = 256;
     /// Most blocks in one sync response.
     pub const MAX_SYNC_BLOCKS: usize = 2_000;
     /// Sync requests older or newer than this are refused.

@@ -2,9 +2,10 @@
 //! asks the running node (op `community` of `POST /v1/account`) and prints
 //! for people, or JSON with `--json`.
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::DataDirArg;
@@ -117,6 +118,35 @@ pub(crate) enum CommunityCommand {
     Ban(ActArgs),
     /// Hide a post: your own, or (as a moderator) one of a lower rank.
     Redact(ActArgs),
+    /// Write the community's blocks to a file: a copy that anyone in the
+    /// community can verify from the genesis (a backup, or a way to hand
+    /// the chain to a member's node without the swarm). It holds no keys;
+    /// posts in it stay encrypted.
+    Export {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The community.
+        community: String,
+        /// The file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add blocks from a file written by `community export`. Every block is
+    /// verified as if it came from the swarm: a block that breaks a rule is
+    /// refused (and counted in the node's metrics), the others are kept.
+    /// Exits non-zero if any block was refused.
+    Import {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The file.
+        file: std::path::PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Leave the community.
     Leave {
         #[command(flatten)]
@@ -340,6 +370,15 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             }
             return Ok(());
         }
+        CommunityCommand::Export {
+            data,
+            community,
+            out,
+            json,
+        } => return export(&data, &community, &out, json).await,
+        CommunityCommand::Import { data, file, json } => {
+            return import(&data, &file, json).await;
+        }
         CommunityCommand::Invite {
             data,
             community,
@@ -385,6 +424,154 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
         );
     } else {
         println!("invitation sent to {}", v["invited"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// First line of an export file.
+const EXPORT_MAGIC: &str = "chainmail-community-blocks 1";
+/// Most hex characters of blocks in one import request (the local API
+/// takes bodies up to 2 MiB).
+const IMPORT_CHUNK_CHARS: usize = 1 << 20;
+
+async fn export(data: &DataDirArg, community: &str, out: &Path, json: bool) -> Result<()> {
+    let v = ask(data, json!({ "request": "export", "community": community })).await?;
+    let id = v["community"]
+        .as_str()
+        .context("the node sent no community id")?;
+    let blocks = v["blocks"].as_array().context("the node sent no blocks")?;
+    let mut text = format!("{EXPORT_MAGIC}\ncommunity {id}\n");
+    for b in blocks {
+        text.push_str(b.as_str().context("a block that is not text")?);
+        text.push('\n');
+    }
+    // Written whole or not at all.
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))
+        .with_context(|| format!("cannot write next to {}", out.display()))?;
+    std::fs::write(tmp.path(), &text)
+        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    tmp.persist(out)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "community": id,
+                "blocks": blocks.len(),
+                "height": v["height"],
+                "file": out.display().to_string(),
+            }))?
+        );
+    } else {
+        println!(
+            "wrote {} blocks of {} (height {}) to {}",
+            blocks.len(),
+            v["name"].as_str().unwrap_or(""),
+            v["height"],
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reads an export file: the community id and the blocks (hex), or what is
+/// wrong with it and where.
+fn read_export(file: &Path) -> Result<(String, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut lines = text.lines();
+    if lines.next() != Some(EXPORT_MAGIC) {
+        bail!(
+            "{} is not a community export (its first line is not {EXPORT_MAGIC:?})",
+            file.display()
+        );
+    }
+    let id = lines
+        .next()
+        .and_then(|l| l.strip_prefix("community "))
+        .filter(|id| id.len() == 64 && id.bytes().all(|c| c.is_ascii_hexdigit()))
+        .with_context(|| format!("{}: line 2 must be `community ID`", file.display()))?;
+    let mut blocks = Vec::new();
+    for (i, line) in lines.enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !line.len().is_multiple_of(2) || !line.bytes().all(|c| c.is_ascii_hexdigit()) {
+            bail!("{}: line {} is not a hex block", file.display(), i + 3);
+        }
+        blocks.push(line.to_owned());
+    }
+    Ok((id.to_owned(), blocks))
+}
+
+async fn import(data: &DataDirArg, file: &Path, json: bool) -> Result<()> {
+    let (id, blocks) = read_export(file)?;
+    let (mut stored, mut known, mut waiting) = (0u64, 0u64, 0u64);
+    let mut refused: Vec<Value> = Vec::new();
+    let mut height = Value::Null;
+    let mut start = 0;
+    while start < blocks.len() {
+        let mut end = start;
+        let mut chars = 0;
+        while end < blocks.len()
+            && end - start < crate::community::MAX_IMPORT_BLOCKS
+            && (end == start || chars + blocks[end].len() <= IMPORT_CHUNK_CHARS)
+        {
+            chars += blocks[end].len();
+            end += 1;
+        }
+        let v = ask(
+            data,
+            json!({ "request": "import", "community": id, "blocks": &blocks[start..end] }),
+        )
+        .await?;
+        stored += v["stored"].as_u64().unwrap_or(0);
+        known += v["known"].as_u64().unwrap_or(0);
+        waiting += v["waiting_for_parent"].as_u64().unwrap_or(0);
+        for r in v["refused"].as_array().into_iter().flatten() {
+            let index = r["index"].as_u64().unwrap_or(0) + start as u64;
+            refused.push(json!({ "block": index + 1, "error": r["error"] }));
+        }
+        height = v["height"].clone();
+        start = end;
+        if !json && blocks.len() > crate::community::MAX_IMPORT_BLOCKS {
+            eprintln!("  {start}/{} blocks checked", blocks.len());
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "stored": stored,
+                "known": known,
+                "waiting_for_parent": waiting,
+                "refused": refused,
+                "height": height,
+            }))?
+        );
+    } else {
+        println!(
+            "{} blocks: {stored} new, {known} already here, {waiting} waiting for a parent not in the file, {} refused; height now {height}",
+            blocks.len(),
+            refused.len()
+        );
+        for r in &refused {
+            eprintln!(
+                "  block {} refused: {}",
+                r["block"],
+                r["error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if !refused.is_empty() {
+        bail!(
+            "{} of {} blocks in {} were refused (the others were kept)",
+            refused.len(),
+            blocks.len(),
+            file.display()
+        );
     }
     Ok(())
 }

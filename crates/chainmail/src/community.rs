@@ -8,7 +8,7 @@
 //! `community-blocks` (community id ‖ block id → block), `invites`
 //! (invitations received, by token).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use anyhow::{Context, Result};
 use chainmail_chain::{
@@ -33,6 +33,8 @@ const SYNC_EVERY_MS: u64 = 10_000;
 const JOIN_SYNC_EVERY_MS: u64 = 2_000;
 /// How often the rendezvous record is refreshed.
 const RENDEZVOUS_EVERY_MS: u64 = 120_000;
+/// Most blocks in one import request (the CLI sends a file in parts).
+pub(crate) const MAX_IMPORT_BLOCKS: usize = 256;
 /// Length of a rendezvous period.
 pub(crate) const RENDEZVOUS_PERIOD_MS: u64 = 3_600_000;
 
@@ -107,8 +109,16 @@ struct Entry {
     /// Blocks not yet written to the vault.
     unsaved: Vec<Block>,
     dirty: bool,
-    /// Refused input from the network, for /metrics.
-    refused: u64,
+    /// Refused input (network, imports, join letters) by kind, for
+    /// /metrics.
+    refused: BTreeMap<&'static str, u64>,
+}
+
+impl Entry {
+    fn refuse(&mut self, err: &chainmail_chain::ChainError) {
+        *self.refused.entry(err.kind()).or_default() += 1;
+        tracing::debug!(error = %err, "community input refused");
+    }
 }
 
 /// All communities of the account.
@@ -209,7 +219,7 @@ impl Hub {
                 next_rendezvous: now_ms,
                 unsaved: Vec::new(),
                 dirty: false,
-                refused: 0,
+                refused: BTreeMap::new(),
             };
             hub.communities.insert(id, entry);
         }
@@ -421,10 +431,7 @@ impl Hub {
                     e.dirty = true;
                 }
             }
-            Err(err) => {
-                e.refused += 1;
-                tracing::debug!(error = %err, "community input refused");
-            }
+            Err(err) => e.refuse(&err),
         }
         self.after(id, now_ms);
     }
@@ -462,13 +469,13 @@ impl Hub {
                                 }
                             }
                         }
-                        Err(_) => e.refused += 1,
+                        Err(err) => e.refuse(&err),
                     }
                 }
                 e.dirty |= more;
             }
             Ok(_) => {}
-            Err(_) => e.refused += 1,
+            Err(err) => e.refuse(&err),
         }
         if more {
             // Ask again at once: the chain may be longer than one answer.
@@ -490,9 +497,28 @@ impl Hub {
         }
     }
 
-    /// Refused community input, for metrics.
-    pub(crate) fn refused(&self) -> u64 {
-        self.communities.values().map(|e| e.refused).sum()
+    /// Refused community input by kind, summed over the communities.
+    pub(crate) fn refused(&self) -> BTreeMap<&'static str, u64> {
+        let mut all = BTreeMap::new();
+        for e in self.communities.values() {
+            for (kind, n) in &e.refused {
+                *all.entry(*kind).or_default() += n;
+            }
+        }
+        all
+    }
+
+    /// Gossiped records that raced their blocks (duplicate, early, stale),
+    /// summed over the communities: ordinary gossip, not refusals.
+    pub(crate) fn out_of_date(&self) -> [(&'static str, u64); 3] {
+        let mut n = [0u64; 3];
+        for e in self.communities.values() {
+            let s = e.core.stats();
+            n[0] += s.records_duplicate;
+            n[1] += s.records_early;
+            n[2] += s.records_stale;
+        }
+        [("duplicate", n[0]), ("early", n[1]), ("stale", n[2])]
     }
 
     /// Letters from contacts: invitations and join requests.
@@ -545,7 +571,7 @@ impl Hub {
                     .iter()
                     .position(|(t, a)| *t == token && *a == from)
                 else {
-                    e.refused += 1;
+                    *e.refused.entry("unknown_invitation").or_default() += 1;
                     return;
                 };
                 e.invited.remove(i);
@@ -669,7 +695,7 @@ impl Hub {
                         next_rendezvous: now_ms,
                         unsaved: Vec::new(),
                         dirty: true,
-                        refused: 0,
+                        refused: BTreeMap::new(),
                     },
                 );
                 self.after(id, now_ms);
@@ -775,7 +801,7 @@ impl Hub {
                         next_rendezvous: now_ms,
                         unsaved: Vec::new(),
                         dirty: true,
-                        refused: 0,
+                        refused: BTreeMap::new(),
                     },
                 );
                 let mut joined = inv.clone();
@@ -855,6 +881,73 @@ impl Hub {
                         .then(a["name"].as_str().cmp(&b["name"].as_str()))
                 });
                 Ok(json!(out))
+            }
+            CommunityRequest::Export { community } => {
+                let id = self.find(&community)?;
+                let e = &self.communities[&id];
+                let blocks: Vec<String> = e
+                    .core
+                    .chain()
+                    .blocks_in_order()
+                    .into_iter()
+                    .map(|b| hex(&b.encode()))
+                    .collect();
+                Ok(json!({
+                    "community": hex(&id[..]),
+                    "name": e.core.name(),
+                    "height": e.core.chain().height(),
+                    "blocks": blocks,
+                }))
+            }
+            CommunityRequest::Import { community, blocks } => {
+                let id = self.find(&community)?;
+                let e = self.communities.get_mut(&id).ok_or("no such community")?;
+                if blocks.len() > MAX_IMPORT_BLOCKS {
+                    return Err(format!(
+                        "at most {MAX_IMPORT_BLOCKS} blocks per request, not {}",
+                        blocks.len()
+                    ));
+                }
+                let (mut stored, mut known, mut waiting) = (0usize, 0usize, 0usize);
+                let mut refused = Vec::new();
+                for (i, b) in blocks.iter().enumerate() {
+                    let result = unhex(b)
+                        .ok_or(chainmail_chain::ChainError::Malformed {
+                            what: "block",
+                            reason: "not hex",
+                        })
+                        .and_then(|bytes| e.core.handle_block(now_ms, &bytes));
+                    match result {
+                        Ok(ins) => {
+                            if ins.stored.is_empty() && ins.missing_parent.is_none() {
+                                known += 1;
+                            }
+                            if ins.missing_parent.is_some() {
+                                waiting += 1;
+                            }
+                            stored += ins.stored.len();
+                            for s in ins.stored {
+                                if let Some(block) = e.core.chain().block(&s) {
+                                    e.unsaved.push(block.clone());
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            e.refuse(&err);
+                            refused.push(json!({ "index": i, "error": err.to_string() }));
+                        }
+                    }
+                }
+                e.dirty |= stored > 0;
+                let height = e.core.chain().height();
+                self.after(id, now_ms);
+                Ok(json!({
+                    "stored": stored,
+                    "known": known,
+                    "waiting_for_parent": waiting,
+                    "refused": refused,
+                    "height": height,
+                }))
             }
             CommunityRequest::Act {
                 community,
@@ -941,6 +1034,15 @@ pub(crate) enum CommunityRequest {
     },
     Members {
         community: String,
+    },
+    /// The stored blocks, parents first, hex-encoded.
+    Export {
+        community: String,
+    },
+    /// Blocks (hex) to verify and add, as if they came from the swarm.
+    Import {
+        community: String,
+        blocks: Vec<String>,
     },
     /// promote, demote, remove, ban, redact, leave.
     Act {

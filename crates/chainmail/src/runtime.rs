@@ -863,14 +863,29 @@ impl Runtime {
     fn metrics(&self) -> String {
         let mut text = self.core_metrics();
         if let Some(a) = &self.account {
-            text.push_str(
-                "# HELP chainmail_community_refused_total Community records, blocks and sync answers refused.\n\
-                 # TYPE chainmail_community_refused_total counter\n",
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                text,
+                "# HELP chainmail_community_refused_total Community records, blocks, sync answers, imports and join letters refused, by kind.\n\
+                 # TYPE chainmail_community_refused_total counter"
             );
-            text.push_str(&format!(
-                "chainmail_community_refused_total {}\n",
-                a.communities.refused()
-            ));
+            for (kind, n) in a.communities.refused() {
+                let _ = writeln!(
+                    text,
+                    "chainmail_community_refused_total{{kind=\"{kind}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                text,
+                "# HELP chainmail_community_records_out_of_date_total Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch): not refusals.\n\
+                 # TYPE chainmail_community_records_out_of_date_total counter"
+            );
+            for (kind, n) in a.communities.out_of_date() {
+                let _ = writeln!(
+                    text,
+                    "chainmail_community_records_out_of_date_total{{kind=\"{kind}\"}} {n}"
+                );
+            }
         }
         text
     }

@@ -1,0 +1,184 @@
+//! Gossiped records race the blocks they refer to. A record that arrives
+//! before its anchor, after a block included it, or anchored to a branch
+//! that lost is ordinary gossip, not a refusal: it is held, dropped as a
+//! duplicate or dropped as stale, and counted apart from refusals, which
+//! stay for records that break a rule.
+
+use chainmail_chain::{Community, Config, MemberSecret, Output, Policy, Received, Role, limits};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn secret(n: u8) -> MemberSecret {
+    MemberSecret::from_bytes(&[n; 64])
+}
+
+/// Everything `c` wants to gossip: (records, blocks).
+fn drain(c: &mut Community) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut records, mut blocks) = (Vec::new(), Vec::new());
+    while let Some(out) = c.poll_output() {
+        match out {
+            Output::Record(b) => records.push(b),
+            Output::Block(b) => blocks.push(b),
+            Output::Fetch(_) => {}
+        }
+    }
+    (records, blocks)
+}
+
+/// An owner and members with keys `secret(2..)`, all added in block 1,
+/// which only the owner holds yet.
+fn community(members: u8) -> (Community, Vec<Community>, Vec<u8>) {
+    let mut owner = Community::create(
+        Config::default(),
+        [1; 32],
+        "olive",
+        "garden",
+        Policy::default(),
+        T0,
+    )
+    .unwrap();
+    let genesis = owner.chain().genesis().clone();
+    let mut others = Vec::new();
+    for n in 0..members {
+        let m = Community::join(
+            Config::default(),
+            [n + 2; 32],
+            genesis.clone(),
+            secret(n + 2),
+        );
+        owner.add(T0, m.my_keys(), &format!("m{n}")).unwrap();
+        others.push(m);
+    }
+    owner.produce(T0).unwrap().unwrap();
+    let (_, blocks) = drain(&mut owner);
+    assert_eq!(blocks.len(), 1);
+    (owner, others, blocks.into_iter().next().unwrap())
+}
+
+#[test]
+fn a_record_that_outruns_its_anchor_is_held_then_judged() {
+    let (_owner, mut m, b1) = community(2);
+    // m0 has block 1 and posts, anchored to it; m1 gets the post first.
+    m[0].handle_block(T0, &b1).unwrap();
+    m[0].post(T0, "early").unwrap();
+    let (posts, _) = drain(&mut m[0]);
+    assert_eq!(m[1].handle_record(T0, &posts[0]), Ok(Received::Early));
+    assert_eq!(m[1].pool_len(), 0);
+    // Again: held once.
+    assert_eq!(m[1].handle_record(T0, &posts[0]), Ok(Received::Early));
+    m[1].handle_block(T0, &b1).unwrap();
+    assert_eq!(m[1].pool_len(), 1, "judged when its anchor came");
+    let s = m[1].stats();
+    assert_eq!((s.records_early, s.records_refused), (2, 0));
+}
+
+#[test]
+fn held_records_are_bounded_and_a_held_record_that_breaks_a_rule_is_refused() {
+    let (mut owner, mut m, b1) = community(2);
+    m[0].handle_block(T0, &b1).unwrap();
+    let n = limits::MAX_EARLY_RECORDS + 10;
+    for i in 0..n {
+        m[0].post(T0 + i as u64, &format!("post {i}")).unwrap();
+    }
+    let (posts, _) = drain(&mut m[0]);
+    assert_eq!(posts.len(), n);
+    for p in &posts {
+        assert_eq!(m[1].handle_record(T0, p), Ok(Received::Early));
+    }
+    // Before m1 hears of block 1, the owner removes m0 in block 2: the
+    // held posts come from a member who is gone at m1's tip.
+    owner.remove(T0, m[0].me()).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, blocks) = drain(&mut owner);
+    m[1].handle_block(T0, &blocks[0]).unwrap();
+    assert_eq!(m[1].stats().records_refused, 0, "block 1 is still missing");
+    m[1].handle_block(T0, &b1).unwrap();
+    assert_eq!(m[1].chain().height(), 2);
+    assert_eq!(m[1].pool_len(), 0);
+    assert_eq!(
+        m[1].stats().records_refused,
+        limits::MAX_EARLY_RECORDS as u64,
+        "the oldest beyond the bound were dropped, the rest refused"
+    );
+}
+
+#[test]
+fn a_record_seen_again_after_its_block_is_a_duplicate() {
+    let (mut owner, mut m, b1) = community(1);
+    m[0].handle_block(T0, &b1).unwrap();
+    m[0].post(T0, "twice").unwrap();
+    let (posts, _) = drain(&mut m[0]);
+    assert!(matches!(
+        owner.handle_record(T0, &posts[0]),
+        Ok(Received::Pooled(_))
+    ));
+    owner.produce(T0).unwrap().unwrap();
+    // Published again by its issuer, who has not seen block 2 yet.
+    assert_eq!(owner.handle_record(T0, &posts[0]), Ok(Received::Duplicate));
+    assert_eq!(owner.pool_len(), 0);
+    let s = owner.stats();
+    assert_eq!((s.records_duplicate, s.records_refused), (1, 0));
+}
+
+#[test]
+fn a_record_anchored_to_a_branch_that_lost_is_stale() {
+    let (mut owner, mut m, b1) = community(2);
+    // m0 becomes an admin in block 2.
+    owner.set_role(T0, m[0].me(), Role::Admin).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, b2) = drain(&mut owner);
+    for c in m.iter_mut() {
+        c.handle_block(T0, &b1).unwrap();
+        c.handle_block(T0, &b2[0]).unwrap();
+    }
+    // Owner and admin each produce a block at height 3.
+    m[0].post(T0, "admin's").unwrap();
+    m[0].produce(T0).unwrap().unwrap();
+    let (_, admins) = drain(&mut m[0]);
+    owner.post(T0, "owner's").unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, owners) = drain(&mut owner);
+    // m1 holds only the admin's block, and posts on it.
+    m[1].handle_block(T0, &admins[0]).unwrap();
+    m[1].post(T0, "on the admin's branch").unwrap();
+    let (posts, _) = drain(&mut m[1]);
+    // The owner's block wins (higher rank): at the owner, the post is
+    // anchored to the losing branch.
+    owner.handle_block(T0, &admins[0]).unwrap();
+    assert_eq!(owner.chain().height(), 3);
+    assert!(owner.chain().is_main(&owner.chain().tip()));
+    assert_eq!(owner.handle_record(T0, &posts[0]), Ok(Received::Stale));
+    assert_eq!(owner.pool_len(), 0);
+    // m1 learns the owner's block, and its post is made again on it.
+    m[1].handle_block(T0, &owners[0]).unwrap();
+    let (again, _) = drain(&mut m[1]);
+    assert_eq!(again.len(), 1, "the stale post is issued again");
+    assert!(matches!(
+        owner.handle_record(T0, &again[0]),
+        Ok(Received::Pooled(_))
+    ));
+    let s = owner.stats();
+    assert_eq!((s.records_stale, s.records_refused), (1, 0));
+}
+
+#[test]
+fn a_record_that_breaks_a_rule_is_still_refused() {
+    let (mut owner, _m, _b1) = community(1);
+    let mut outsider = Community::join(
+        Config::default(),
+        [9; 32],
+        owner.chain().genesis().clone(),
+        secret(9),
+    );
+    // An outsider's leave, anchored at the genesis (held by everyone).
+    assert!(outsider.leave(T0).is_err(), "refused at the issuer too");
+    let record = chainmail_chain::Record::sign(
+        &secret(9),
+        owner.id(),
+        owner.chain().id(),
+        T0,
+        chainmail_chain::Body::Leave,
+    );
+    assert!(owner.handle_record(T0, &record.encode()).is_err());
+    assert_eq!(owner.stats().records_refused, 1);
+}
