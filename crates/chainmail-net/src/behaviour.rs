@@ -109,6 +109,10 @@ impl NodeBehaviour {
         let gossip_config = gossipsub::ConfigBuilder::default()
             .protocol_id(names.gossipsub.clone(), gossipsub::Version::V1_1)
             .validation_mode(gossipsub::ValidationMode::Strict)
+            // Relay a message only once the application has judged it
+            // (`NetHandle::validate`): a community's nodes never pass on a
+            // block or record they refused.
+            .validate_messages()
             .heartbeat_interval(timeouts.gossip_heartbeat)
             .heartbeat_initial_delay(timeouts.gossip_heartbeat)
             // Room for the largest message, and for the announcement of

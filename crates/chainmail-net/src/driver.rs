@@ -174,6 +174,36 @@ impl Net {
     }
 }
 
+/// A community topic message awaiting the application's verdict (see
+/// [`NetHandle::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicMessageId {
+    message: gossipsub::MessageId,
+    from: PeerId,
+}
+
+/// The application's verdict on a community topic message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: relay it to the other subscribers.
+    Accept,
+    /// Not wrong, but not worth relaying (a duplicate, say).
+    Ignore,
+    /// Breaks a rule: do not relay it, and count it against the peer that
+    /// sent it (gossipsub's peer score).
+    Reject,
+}
+
+impl Verdict {
+    fn acceptance(self) -> gossipsub::MessageAcceptance {
+        match self {
+            Verdict::Accept => gossipsub::MessageAcceptance::Accept,
+            Verdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Reject => gossipsub::MessageAcceptance::Reject,
+        }
+    }
+}
+
 /// What the driver reports.
 #[non_exhaustive]
 pub enum NetEvent {
@@ -202,6 +232,9 @@ pub enum NetEvent {
         /// The payload, at most
         /// [`Limits::max_gossip_size`](crate::Limits::max_gossip_size) bytes.
         bytes: Vec<u8>,
+        /// Which message it is, for [`NetHandle::validate`]: it is relayed
+        /// to other subscribers only once the application accepts it.
+        id: TopicMessageId,
     },
     /// A fetch request. Answer it with [`ReplyHandle::send`] within
     /// [`Timeouts::request`](crate::Timeouts::request); dropping the handle
@@ -250,6 +283,7 @@ impl fmt::Debug for NetEvent {
                 topic,
                 source,
                 bytes,
+                ..
             } => f
                 .debug_struct("TopicMessage")
                 .field("topic_len", &topic.len())
@@ -370,6 +404,10 @@ enum Command {
     TopicPeers {
         topic: String,
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Validate {
+        id: TopicMessageId,
+        verdict: Verdict,
     },
     PutRecord {
         key: Vec<u8>,
@@ -523,6 +561,15 @@ impl NetHandle {
     pub async fn subscribe(&self, topic: String) -> Result<(), NetError> {
         check_community_topic(&self.community_prefix, &topic)?;
         self.ask(|reply| Command::Subscribe { topic, reply }).await
+    }
+
+    /// The verdict on a community topic message
+    /// ([`NetEvent::TopicMessage`]): community messages are relayed only
+    /// once accepted, so that nodes never pass on what they refused.
+    /// Messages left without a verdict are dropped from gossipsub's cache
+    /// after a few heartbeats, unrelayed.
+    pub async fn validate(&self, id: TopicMessageId, verdict: Verdict) -> Result<(), NetError> {
+        self.send(Command::Validate { id, verdict }).await
     }
 
     /// Unsubscribes from the community topic `topic` and tells the peers.
@@ -721,17 +768,22 @@ impl Driver {
     }
 
     /// Hands an event to the application, or drops and counts it.
-    fn emit(&self, event: NetEvent) {
-        if let Err(error) = self.events.try_send(event) {
-            let event = match error {
-                mpsc::error::TrySendError::Full(event)
-                | mpsc::error::TrySendError::Closed(event) => event,
-            };
-            match event {
-                NetEvent::PacketReceived { .. } => inc(&self.counters.dropped_event_queue_full),
-                _ => inc(&self.counters.events_dropped),
+    /// Queues an event for the application; `false` if the queue was full
+    /// (the event is dropped and counted).
+    fn emit(&self, event: NetEvent) -> bool {
+        let Err(error) = self.events.try_send(event) else {
+            return true;
+        };
+        let event = match error {
+            mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event) => {
+                event
             }
+        };
+        match event {
+            NetEvent::PacketReceived { .. } => inc(&self.counters.dropped_event_queue_full),
+            _ => inc(&self.counters.events_dropped),
         }
+        false
     }
 
     fn pending_queries(&self) -> usize {
@@ -788,6 +840,7 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
+            Command::Validate { id, verdict } => self.report(id, verdict),
             Command::TopicPeers { topic, reply } => {
                 let topic = gossipsub::TopicHash::from_raw(topic);
                 let peers = self
@@ -946,9 +999,17 @@ impl Driver {
             NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.on_identify(peer_id, info)
             }
-            NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                self.on_gossip(message)
-            }
+            NodeBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(
+                TopicMessageId {
+                    message: message_id,
+                    from: propagation_source,
+                },
+                message,
+            ),
             NodeBehaviourEvent::Fetch(event) => self.on_fetch(event),
             NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
                 self.on_query(id, result)
@@ -988,24 +1049,24 @@ impl Driver {
 
     /// A gossip message on a topic this node is subscribed to: the
     /// descriptor topic or a community topic.
-    fn on_gossip(&mut self, message: gossipsub::Message) {
-        // Strict validation: every message is signed by its source.
-        let Some(source) = message.source else {
-            return;
-        };
+    fn on_gossip(&mut self, id: TopicMessageId, message: gossipsub::Message) {
         let descriptor = message.topic == self.topic.hash();
         let community =
             !descriptor && is_community_topic(&self.names.community_topic_prefix, &message.topic);
-        if !descriptor && !community {
-            return;
-        }
+        // Strict validation: every message is signed by its source.
+        let source = match message.source {
+            Some(source) if descriptor || community => source,
+            _ => return self.report(id, Verdict::Reject),
+        };
         // Gossipsub's own limit leaves room for framing and for long
         // subscription announcements; payloads are held to the exact limit.
         if message.data.len() > self.max_gossip_size {
             inc(&self.counters.gossip_too_large);
-            return;
+            return self.report(id, Verdict::Reject);
         }
         if descriptor {
+            // Descriptors are relayed as they come (each node checks them).
+            self.report(id, Verdict::Accept);
             inc(&self.counters.gossip_in);
             self.emit(NetEvent::GossipReceived {
                 source,
@@ -1013,12 +1074,25 @@ impl Driver {
             });
         } else {
             inc(&self.counters.community_in);
-            self.emit(NetEvent::TopicMessage {
+            let event = NetEvent::TopicMessage {
                 topic: message.topic.into_string(),
                 source,
                 bytes: message.data,
-            });
+                id: id.clone(),
+            };
+            if !self.emit(event) {
+                // Nobody will judge it: do not relay it either.
+                self.report(id, Verdict::Ignore);
+            }
         }
+    }
+
+    fn report(&mut self, id: TopicMessageId, verdict: Verdict) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id.message, &id.from, verdict.acceptance());
     }
 
     fn on_identify(&mut self, peer: PeerId, info: identify::Info) {

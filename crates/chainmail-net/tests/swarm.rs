@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use chainmail_net::{Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit};
+use chainmail_net::{Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit, Verdict};
 use common::*;
 use libp2p::futures::AsyncWriteExt;
 
@@ -539,7 +539,12 @@ async fn publish_until_received(
     to: &mut Node,
     topic: &str,
     tag: &str,
-) -> (String, chainmail_net::PeerId, Vec<u8>) {
+) -> (
+    String,
+    chainmail_net::PeerId,
+    Vec<u8>,
+    chainmail_net::TopicMessageId,
+) {
     let deadline = tokio::time::Instant::now() + WAIT;
     let mut sent: Vec<Vec<u8>> = Vec::new();
     for i in 0u32.. {
@@ -563,9 +568,9 @@ async fn publish_until_received(
             tokio::select! {
                 _ = &mut wait => break,
                 event = to.events.recv() => match event.expect("driver still running") {
-                    NetEvent::TopicMessage { topic, source, bytes } => {
+                    NetEvent::TopicMessage { topic, source, bytes, id } => {
                         assert!(sent.contains(&bytes), "not a published message");
-                        return (topic, source, bytes);
+                        return (topic, source, bytes, id);
                     }
                     NetEvent::GossipReceived { bytes, .. } => {
                         assert!(!bytes.starts_with(tag.as_bytes()), "community message as descriptor");
@@ -672,7 +677,8 @@ async fn community_topics_reach_subscribers_only() {
         b.handle.subscribe(topic.clone()).await.unwrap();
         b.handle.subscribe(topic.clone()).await.unwrap();
 
-        let (got_topic, source, bytes) = publish_until_received(&a, &mut b, &topic, "to b").await;
+        let (got_topic, source, bytes, id) =
+            publish_until_received(&a, &mut b, &topic, "to b").await;
         assert_eq!(got_topic, topic);
         assert_eq!(source, a.peer);
         assert!(bytes.starts_with(b"to b"));
@@ -681,7 +687,8 @@ async fn community_topics_reach_subscribers_only() {
             NetEvent::TopicMessage {
                 topic: got_topic,
                 source,
-                bytes
+                bytes,
+                id,
             }
         );
         assert!(
@@ -710,10 +717,10 @@ async fn community_topics_reach_subscribers_only() {
         drain(&mut b);
         let b_in = b.handle.metrics().community_in;
         c.handle.subscribe(topic.clone()).await.unwrap();
-        let (_, source, _) = publish_until_received(&a, &mut c, &topic, "to c").await;
+        let (_, source, _, _) = publish_until_received(&a, &mut c, &topic, "to c").await;
         assert_eq!(source, a.peer);
         // And C's own messages reach A, not B.
-        let (_, source, _) = publish_until_received(&c, &mut a, &topic, "from c").await;
+        let (_, source, _, _) = publish_until_received(&c, &mut a, &topic, "from c").await;
         assert_eq!(source, c.peer);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_no_topic_message(&mut b, "B (after leaving)");
@@ -741,6 +748,101 @@ async fn community_topics_reach_subscribers_only() {
         wait_topic_peers(&a, &topic, &[]).await;
         // The descriptor topic still works alongside.
         assert!(a.handle.publish(b"descriptor".to_vec()).await.is_ok());
+    })
+    .await;
+}
+
+/// The next community message at `node` within `wait`, if any.
+async fn next_topic_message(
+    node: &mut Node,
+    wait: Duration,
+) -> Option<(Vec<u8>, chainmail_net::TopicMessageId)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, node.events.recv()).await {
+            Err(_) => return None,
+            Ok(None) => panic!("driver stopped"),
+            Ok(Some(NetEvent::TopicMessage { bytes, id, .. })) => return Some((bytes, id)),
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn community_messages_are_relayed_only_once_accepted() {
+    init_tracing();
+    within(async {
+        let net = network("relay");
+        let topic = format!("{}relay", ProtocolNames::new(&net).community_topic_prefix);
+        // A line: A — B — C. C hears A only through B (A and C are no DHT
+        // servers, so B tells neither about the other).
+        let client = || {
+            let mut c = config(&net, tcp());
+            c.kad_server = false;
+            c
+        };
+        let mut a = start(client()).await;
+        let mut b = start(config(&net, tcp())).await;
+        let mut c = start(client()).await;
+        connect(&mut a, &mut b).await;
+        connect(&mut b, &mut c).await;
+        for n in [&a, &b, &c] {
+            n.handle.subscribe(topic.clone()).await.unwrap();
+        }
+        wait_topic_peers(&b, &topic, &[a.peer, c.peer]).await;
+        wait_topic_peers(&c, &topic, &[b.peer]).await;
+
+        // Accepted at B: relayed to C (once B's mesh holds C).
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut i = 0u32;
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "never relayed");
+            i += 1;
+            let message = format!("good {i}").into_bytes();
+            if a.handle
+                .publish_to(topic.clone(), message.clone())
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let Some((bytes, id)) = next_topic_message(&mut b, Duration::from_secs(2)).await else {
+                continue;
+            };
+            assert_eq!(bytes, message);
+            b.handle.validate(id, Verdict::Accept).await.unwrap();
+            if let Some((bytes, _)) = next_topic_message(&mut c, Duration::from_secs(1)).await {
+                assert!(bytes.starts_with(b"good "), "{bytes:?}");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drain(&mut b);
+        drain(&mut c);
+
+        // Rejected at B, or not judged at all: C never sees them.
+        for (tag, verdict) in [("rejected", Some(Verdict::Reject)), ("unjudged", None)] {
+            a.handle
+                .publish_to(topic.clone(), tag.as_bytes().to_vec())
+                .await
+                .unwrap();
+            let (bytes, id) = next_topic_message(&mut b, WAIT).await.expect("B got it");
+            assert_eq!(bytes, tag.as_bytes());
+            if let Some(v) = verdict {
+                b.handle.validate(id, v).await.unwrap();
+            }
+            let got = next_topic_message(&mut c, Duration::from_secs(2)).await;
+            let a_peers = a.handle.connected_peers().await.unwrap();
+            assert!(!a_peers.contains(&c.peer), "A and C met");
+            assert!(
+                got.is_none(),
+                "{tag} message relayed: {got:?} (a {}, b {}, c {})",
+                a.peer,
+                b.peer,
+                c.peer
+            );
+        }
     })
     .await;
 }

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use anyhow::{Context, Result};
 use chainmail_chain::{
     Block, Community, Config, Event, Genesis, Hash, Letter, LogWhat, MemberId, MemberSecret,
-    Output, PeerEntry, Policy, Role, Saved, SyncRequest, SyncResponse, merge_peers,
+    Output, PeerEntry, Policy, Received, Role, Saved, SyncRequest, SyncResponse, merge_peers,
 };
+use chainmail_net::Verdict;
 use chainmail_session::{Address, Messenger};
 use chainmail_store::Vault;
 use rand::RngExt;
@@ -392,23 +393,42 @@ impl Hub {
         }
     }
 
-    /// A message on a community topic, from `source` (peer id bytes).
-    pub(crate) fn handle_topic(&mut self, now_ms: u64, topic: &str, source: Vec<u8>, bytes: &[u8]) {
+    /// A message on a community topic, from `source` (peer id bytes), and
+    /// whether to relay it: valid input is accepted, input that raced its
+    /// blocks is accepted while it may still count (its anchor is not here
+    /// yet) and ignored once it cannot (a duplicate, or stale), refused
+    /// input is rejected.
+    pub(crate) fn handle_topic(
+        &mut self,
+        now_ms: u64,
+        topic: &str,
+        source: Vec<u8>,
+        bytes: &[u8],
+    ) -> Verdict {
         let Some((id, e)) = self
             .communities
             .iter_mut()
             .find(|(_, e)| e.topic.as_deref() == Some(topic))
         else {
-            return;
+            return Verdict::Ignore;
         };
         let id = *id;
         let result = match bytes.split_first() {
-            Some((&TOPIC_RECORD, rest)) => e.core.handle_record(now_ms, rest).map(|_| ()),
+            Some((&TOPIC_RECORD, rest)) => e.core.handle_record(now_ms, rest).map(|r| match r {
+                Received::Pooled(_) | Received::Early => Verdict::Accept,
+                Received::Duplicate | Received::Stale => Verdict::Ignore,
+            }),
             Some((&TOPIC_BLOCK, rest)) => e.core.handle_block(now_ms, rest).map(|ins| {
+                let new = !ins.stored.is_empty() || ins.missing_parent.is_some();
                 for b in ins.stored {
                     if let Some(block) = e.core.chain().block(&b) {
                         e.unsaved.push(block.clone());
                     }
+                }
+                if new {
+                    Verdict::Accept
+                } else {
+                    Verdict::Ignore
                 }
             }),
             _ => Err(chainmail_chain::ChainError::Malformed {
@@ -416,8 +436,8 @@ impl Hub {
                 reason: "unknown kind",
             }),
         };
-        match result {
-            Ok(()) => {
+        let verdict = match result {
+            Ok(verdict) => {
                 // Whoever relays valid community traffic is a member node.
                 if !e.peers.iter().any(|p| p.peer == source) {
                     merge_peers(
@@ -430,10 +450,15 @@ impl Hub {
                     );
                     e.dirty = true;
                 }
+                verdict
             }
-            Err(err) => e.refuse(&err),
-        }
+            Err(err) => {
+                e.refuse(&err);
+                Verdict::Reject
+            }
+        };
         self.after(id, now_ms);
+        verdict
     }
 
     /// A sync request from a peer: the response bytes.

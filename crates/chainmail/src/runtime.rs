@@ -600,11 +600,16 @@ impl Runtime {
                 topic,
                 source,
                 bytes,
+                id,
             } => {
-                if let Some(a) = &mut self.account {
-                    a.communities
-                        .handle_topic(now.0, &topic, source.to_bytes(), &bytes);
-                }
+                let verdict = match &mut self.account {
+                    Some(a) => a
+                        .communities
+                        .handle_topic(now.0, &topic, source.to_bytes(), &bytes),
+                    None => chainmail_net::Verdict::Ignore,
+                };
+                // Relayed only if valid here too.
+                let _ = self.net.validate(id, verdict).await;
             }
             NetEvent::RequestReceived { bytes, reply, .. } => self.on_request(now, bytes, reply),
             NetEvent::PeerConnected { peer } => {
