@@ -145,7 +145,8 @@ pub(crate) struct HistoryEntry {
     /// When it happened here (ms since the Unix epoch).
     pub(crate) at: u64,
     /// `message`, `request`, `accepted`, `denied`, `key-changed`,
-    /// `lookup-failed`, `state`.
+    /// `unsafe-version`, `lookup-failed`, `state`, `community-invite` (id:
+    /// the invitation's token, text: the community's name).
     pub(crate) kind: String,
     /// The contact's address.
     pub(crate) contact: String,
@@ -300,8 +301,23 @@ impl AccountDriver {
         }
         for (from, body) in std::mem::take(&mut self.letters) {
             let name = self.name_of(&from);
-            self.communities
-                .handle_letter(now.0, &mut self.pending, from, name, &body);
+            let invited =
+                self.communities
+                    .handle_letter(now.0, &mut self.pending, from, name.clone(), &body);
+            if let Some((token, community)) = invited {
+                // In the inbox too, with what to run to join.
+                self.history(HistoryEntry {
+                    seq: 0,
+                    at: now.0,
+                    kind: "community-invite".into(),
+                    contact: from.to_string(),
+                    name,
+                    id: Some(token),
+                    text: Some(community),
+                    state: None,
+                    position: None,
+                })?;
+            }
         }
         let writes = self.communities.take_writes();
         self.pending.extend(writes);

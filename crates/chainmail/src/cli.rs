@@ -382,6 +382,11 @@ fn print_entry(e: &HistoryEntry) {
              ask them to update before sending anything sensitive",
             e.name
         ),
+        "community-invite" => println!(
+            "[{when}] {} invited you to the community {text}: join with `chainmail community join {}`",
+            e.name,
+            e.id.as_deref().unwrap_or_default()
+        ),
         "lookup-failed" => println!(
             "[{when}] {} was not found in the network yet; trying again",
             e.name

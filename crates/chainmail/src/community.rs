@@ -130,6 +130,9 @@ pub(crate) struct Hub {
     writes: Vec<(String, Vec<u8>, Vec<u8>)>,
     /// Our own peer entry (peer id and listen addresses).
     pub(crate) me: Option<PeerEntry>,
+    /// Community letters from contacts that were malformed or named a
+    /// community we are not in.
+    letters_refused: u64,
 }
 
 fn config() -> Config {
@@ -169,6 +172,7 @@ impl Hub {
             actions: VecDeque::new(),
             writes: Vec::new(),
             me: None,
+            letters_refused: 0,
         };
         let mut blocks: HashMap<Hash, Vec<Block>> = HashMap::new();
         for (key, value) in vault.list("community-blocks")? {
@@ -525,6 +529,9 @@ impl Hub {
     /// Refused community input by kind, summed over the communities.
     pub(crate) fn refused(&self) -> BTreeMap<&'static str, u64> {
         let mut all = BTreeMap::new();
+        if self.letters_refused > 0 {
+            all.insert("letter", self.letters_refused);
+        }
         for e in self.communities.values() {
             for (kind, n) in &e.refused {
                 *all.entry(*kind).or_default() += n;
@@ -546,7 +553,8 @@ impl Hub {
         [("duplicate", n[0]), ("early", n[1]), ("stale", n[2])]
     }
 
-    /// Letters from contacts: invitations and join requests.
+    /// Letters from contacts: invitations (stored; their token and the
+    /// community's name are returned, for the inbox) and join requests.
     pub(crate) fn handle_letter(
         &mut self,
         now_ms: u64,
@@ -554,7 +562,7 @@ impl Hub {
         from: Address,
         from_name: String,
         body: &[u8],
-    ) {
+    ) -> Option<(String, String)> {
         match Letter::decode(body) {
             Ok(Letter::Invite {
                 genesis,
@@ -562,7 +570,8 @@ impl Hub {
                 token,
             }) => {
                 let Ok(g) = Genesis::decode(&genesis) else {
-                    return;
+                    self.letters_refused += 1;
+                    return None;
                 };
                 let view = InviteView {
                     token: hex(&token),
@@ -578,9 +587,9 @@ impl Hub {
                         .collect(),
                     joined: false,
                 };
-                if let Ok(json) = serde_json::to_vec(&view) {
-                    vault_invites.push(("invites".into(), token.to_vec(), json));
-                }
+                let json = serde_json::to_vec(&view).ok()?;
+                vault_invites.push(("invites".into(), token.to_vec(), json));
+                Some((view.token, view.name))
             }
             Ok(Letter::Join {
                 community,
@@ -589,7 +598,8 @@ impl Hub {
                 name,
             }) => {
                 let Some(e) = self.communities.get_mut(&community) else {
-                    return;
+                    self.letters_refused += 1;
+                    return None;
                 };
                 let Some(i) = e
                     .invited
@@ -597,7 +607,7 @@ impl Hub {
                     .position(|(t, a)| *t == token && *a == from)
                 else {
                     *e.refused.entry("unknown_invitation").or_default() += 1;
-                    return;
+                    return None;
                 };
                 e.invited.remove(i);
                 e.dirty = true;
@@ -605,8 +615,12 @@ impl Hub {
                     tracing::debug!(error = %err, "join request refused");
                 }
                 self.after(community, now_ms);
+                None
             }
-            Err(_) => {}
+            Err(_) => {
+                self.letters_refused += 1;
+                None
+            }
         }
     }
 

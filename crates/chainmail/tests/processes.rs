@@ -1009,6 +1009,12 @@ fn communities_converge_across_nodes() {
                 .and_then(|a| a.first().cloned())
                 .and_then(|i| i["token"].as_str().map(str::to_string))
         });
+        // The inbox shows it too, with the token to join with.
+        let shown = inbox(dir, "community-invite");
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert_eq!(shown[0]["id"].as_str(), Some(token.as_str()));
+        assert_eq!(shown[0]["text"], "garden");
+        assert_eq!(shown[0]["name"], "alice");
         community_json(dir, &["join", &token]);
     }
     for dir in &dirs[1..] {
