@@ -504,6 +504,11 @@ impl Community {
     /// the blocks they refer to are not refused (see [`Received`]).
     pub fn handle_record(&mut self, now_ms: u64, bytes: &[u8]) -> Result<Received, ChainError> {
         let result = Record::decode(bytes).and_then(|r| self.accept_record(now_ms, r));
+        self.count(&result);
+        result
+    }
+
+    fn count(&mut self, result: &Result<Received, ChainError>) {
         match result {
             Err(_) => self.stats.records_refused += 1,
             Ok(Received::Duplicate) => self.stats.records_duplicate += 1,
@@ -511,7 +516,6 @@ impl Community {
             Ok(Received::Stale) => self.stats.records_stale += 1,
             Ok(Received::Pooled(_)) => {}
         }
-        result
     }
 
     fn accept_record(&mut self, now_ms: u64, record: Record) -> Result<Received, ChainError> {
@@ -562,12 +566,9 @@ impl Community {
                 .partition(|r| self.chain.contains(&r.anchor));
         self.early = waiting;
         for r in arrived {
-            match self.accept_record(now_ms, r) {
-                Err(_) => self.stats.records_refused += 1,
-                Ok(Received::Duplicate) => self.stats.records_duplicate += 1,
-                Ok(Received::Stale) => self.stats.records_stale += 1,
-                Ok(_) => {}
-            }
+            // Their anchors are here: never `Early` again.
+            let result = self.accept_record(now_ms, r);
+            self.count(&result);
         }
     }
 

@@ -189,8 +189,8 @@ pub enum Verdict {
     Accept,
     /// Not wrong, but not worth relaying (a duplicate, say).
     Ignore,
-    /// Breaks a rule: do not relay it, and count it against the peer that
-    /// sent it (gossipsub's peer score).
+    /// Breaks a rule: do not relay it (and, were gossipsub's peer scoring
+    /// enabled, count it against the peer that sent it).
     Reject,
 }
 

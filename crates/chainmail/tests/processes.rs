@@ -156,7 +156,8 @@ fn start_node(procs: &mut Procs, network: &Path, dir: &Path, extra: &[&str]) {
 }
 
 /// A counter from a node's Prometheus metrics (0 if absent).
-fn metric(dir: &Path, name: &str) -> u64 {
+/// The node's `/metrics` text.
+fn metrics_text(dir: &Path) -> String {
     let info: Value =
         serde_json::from_slice(&std::fs::read(dir.join("api.json")).unwrap()).unwrap();
     let port = info["port"].as_u64().unwrap();
@@ -164,7 +165,11 @@ fn metric(dir: &Path, name: &str) -> u64 {
         .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(dir: &Path, name: &str) -> u64 {
+    metrics_text(dir)
         .lines()
         .find_map(|l| {
             l.strip_prefix(name)
@@ -176,14 +181,7 @@ fn metric(dir: &Path, name: &str) -> u64 {
 
 /// The sum of every sample of a metric, whatever its labels.
 fn metric_sum(dir: &Path, name: &str) -> u64 {
-    let info: Value =
-        serde_json::from_slice(&std::fs::read(dir.join("api.json")).unwrap()).unwrap();
-    let port = info["port"].as_u64().unwrap();
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    metrics_text(dir)
         .lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
