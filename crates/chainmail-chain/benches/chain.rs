@@ -16,6 +16,12 @@
 //! member node through `sync_request` / `answer_sync` /
 //! `handle_sync_response` rounds, each response at most 1 MiB (the default
 //! `max_response_size` of chainmail-net).
+//!
+//! Sync over loopback: the same, between two real chainmail-net swarms on
+//! 127.0.0.1 (TCP, noise, yamux, the request-response protocol), best of
+//! two fresh members. Baseline, in the same run on the same connection:
+//! the same requests and the very same response bytes moved without
+//! anyone encoding, decoding or validating anything (the transfer alone).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
@@ -358,6 +364,121 @@ fn sync(quick: bool) {
     println!("  time                     {took:>10.2} s");
     println!("  blocks/s                 {:>10.0}", length as f64 / took);
     println!("  records/s                {:>10.0}", records as f64 / took);
+    sync_over_loopback(responder, length);
+}
+
+/// What a responder answered, to move again as the baseline.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>;
+
+/// First byte of a baseline request: "send recorded response n again".
+const RAW: u8 = 0xff;
+
+async fn start_node(seed: u8) -> (chainmail_net::NetHandle, chainmail_net::NetEvents, String) {
+    use chainmail_net::{Net, NetConfig, NetEvent};
+    let mut config = NetConfig::new("chainmail-bench-sync", [seed; 32]);
+    config.listen_addrs = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let (handle, mut events) = Net::spawn(config).unwrap();
+    loop {
+        if let Some(NetEvent::ListeningOn { addr }) = events.recv().await {
+            let addr = format!("{addr}/p2p/{}", handle.local_peer_id());
+            return (handle, events, addr);
+        }
+    }
+}
+
+fn sync_over_loopback(mut responder: Community, length: u64) {
+    use chainmail_net::NetEvent;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let (server, mut server_events, server_addr) = start_node(1).await;
+        let (client, mut client_events, _) = start_node(2).await;
+        let genesis = responder.chain().genesis().clone();
+        let tip = responder.chain().tip();
+        let recorded: Recorded = Default::default();
+        let record = recorded.clone();
+        let serving = tokio::spawn(async move {
+            while let Some(event) = server_events.recv().await {
+                let NetEvent::RequestReceived { bytes, reply, .. } = event else {
+                    continue;
+                };
+                let response = if bytes.first() == Some(&RAW) {
+                    let n = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+                    record.lock().unwrap()[n].clone()
+                } else {
+                    let request = SyncRequest::decode(&bytes).unwrap();
+                    let max = reply.max_response_size() - 64;
+                    let response = responder.answer_sync(NOW, &request, max).encode();
+                    let mut r = record.lock().unwrap();
+                    if r.len() < 10_000 {
+                        r.push(response.clone());
+                    }
+                    response
+                };
+                reply.send(response).unwrap();
+            }
+        });
+        client.dial(server_addr.parse().unwrap()).await.unwrap();
+        let server_peer = server.local_peer_id();
+        loop {
+            if let Some(NetEvent::PeerConnected { peer }) = client_events.recv().await
+                && peer == server_peer
+            {
+                break;
+            }
+        }
+        tokio::spawn(async move { while client_events.recv().await.is_some() {} });
+
+        let mut best_sync = f64::MAX;
+        let (mut rounds, mut sent, mut received) = (0usize, 0usize, 0usize);
+        let mut request_sizes = Vec::new();
+        for _ in 0..2 {
+            recorded.lock().unwrap().clear();
+            request_sizes.clear();
+            let mut member =
+                Community::join(Config::default(), [3; 32], genesis.clone(), secret(999));
+            (rounds, sent, received) = (0, 0, 0);
+            let start = Instant::now();
+            loop {
+                let request = member.sync_request(NOW);
+                request_sizes.push(request.len());
+                sent += request.len();
+                let response = client.request(server_peer, request).await.unwrap();
+                received += response.len();
+                rounds += 1;
+                let progress = member.handle_sync_response(NOW, &response).unwrap();
+                assert_eq!(progress.refused, 0);
+                if progress.received == 0 {
+                    break;
+                }
+            }
+            best_sync = best_sync.min(start.elapsed().as_secs_f64());
+            assert_eq!(member.chain().tip(), tip);
+        }
+        let mut best_raw = f64::MAX;
+        for _ in 0..2 {
+            let start = Instant::now();
+            for (n, size) in request_sizes.iter().enumerate() {
+                let mut request = vec![0u8; (*size).max(5)];
+                request[0] = RAW;
+                request[1..5].copy_from_slice(&(n as u32).to_be_bytes());
+                black_box(client.request(server_peer, request).await.unwrap());
+            }
+            best_raw = best_raw.min(start.elapsed().as_secs_f64());
+        }
+        serving.abort();
+        println!(
+            "sync over loopback (two chainmail-net swarms, TCP + noise + yamux), best of 2: \
+             {length} blocks"
+        );
+        println!("  rounds (requests)        {rounds:>10}");
+        println!("  bytes sent / received    {sent:>10} / {received}");
+        println!("  time                     {best_sync:>10.3} s");
+        println!("  baseline: the same bytes moved alone {best_raw:>6.3} s");
+        println!(
+            "  ratio baseline / sync    {:>10.2} (1.00 = bound by the transfer)",
+            best_raw / best_sync
+        );
+    });
 }
 
 fn main() {
