@@ -63,7 +63,9 @@ pub enum Received {
     Duplicate,
     /// Anchored to a block not held yet: held (bounded) until it arrives.
     Early,
-    /// Anchored to another branch or too far back: dropped.
+    /// Anchored to another branch or too far back, or valid at its anchor
+    /// but overtaken since (a post under a key that has rotated, an action
+    /// whose rights changed): dropped.
     Stale,
 }
 
@@ -98,8 +100,9 @@ pub struct Stats {
     /// Gossiped records that arrived before the block they are anchored
     /// to (held, bounded, and judged when it comes).
     pub records_early: u64,
-    /// Gossiped records anchored to another branch or too far back:
-    /// dropped (their issuers issue them again), not refused.
+    /// Gossiped records anchored to another branch or too far back, or
+    /// overtaken since their anchor: dropped (issuers issue their posts
+    /// again), not refused.
     pub records_stale: u64,
     /// Equivocations seen.
     pub equivocations: u64,
@@ -550,8 +553,25 @@ impl Community {
                 return Ok(Received::Early);
             }
         }
-        self.chain
-            .judge_record(&tip, self.chain.state(), &[], &record)?;
+        if let Err(err) = self
+            .chain
+            .judge_record(&tip, self.chain.state(), &[], &record)
+        {
+            // Valid where its issuer made it (at its anchor) but overtaken
+            // since, by a key rotation or a change of rights it had not
+            // seen yet: a race, not an offence. An honest node never
+            // issues a record that is invalid at its own anchor.
+            let valid_at_anchor = self.chain.state_at(&record.anchor).is_some_and(|state| {
+                self.chain
+                    .judge_record(&record.anchor, state, &[], &record)
+                    .is_ok()
+            });
+            return if valid_at_anchor {
+                Ok(Received::Stale)
+            } else {
+                Err(err)
+            };
+        }
         self.add_to_pool(record);
         self.schedule(now_ms, false);
         Ok(Received::Pooled(id))

@@ -73,7 +73,7 @@ fn a_record_that_outruns_its_anchor_is_held_then_judged() {
 }
 
 #[test]
-fn held_records_are_bounded_and_a_held_record_that_breaks_a_rule_is_refused() {
+fn held_records_are_bounded_and_judged_when_their_anchor_comes() {
     let (mut owner, mut m, b1) = community(2);
     m[0].handle_block(T0, &b1).unwrap();
     let n = limits::MAX_EARLY_RECORDS + 10;
@@ -85,20 +85,33 @@ fn held_records_are_bounded_and_a_held_record_that_breaks_a_rule_is_refused() {
     for p in &posts {
         assert_eq!(m[1].handle_record(T0, p), Ok(Received::Early));
     }
+    // And an outsider's leave, anchored to block 1 too: invalid there.
+    let outsider = chainmail_chain::Record::sign(
+        &secret(9),
+        owner.id(),
+        chainmail_chain::Block::decode(&b1).unwrap().id(),
+        T0,
+        chainmail_chain::Body::Leave,
+    );
+    assert_eq!(
+        m[1].handle_record(T0, &outsider.encode()),
+        Ok(Received::Early)
+    );
     // Before m1 hears of block 1, the owner removes m0 in block 2: the
-    // held posts come from a member who is gone at m1's tip.
+    // held posts were valid where m0 made them, and are overtaken.
     owner.remove(T0, m[0].me()).unwrap();
     owner.produce(T0).unwrap().unwrap();
     let (_, blocks) = drain(&mut owner);
     m[1].handle_block(T0, &blocks[0]).unwrap();
-    assert_eq!(m[1].stats().records_refused, 0, "block 1 is still missing");
+    assert_eq!(m[1].stats().records_stale, 0, "block 1 is still missing");
     m[1].handle_block(T0, &b1).unwrap();
     assert_eq!(m[1].chain().height(), 2);
     assert_eq!(m[1].pool_len(), 0);
+    let s = m[1].stats();
+    // The oldest 11 beyond the bound were dropped unjudged.
     assert_eq!(
-        m[1].stats().records_refused,
-        limits::MAX_EARLY_RECORDS as u64,
-        "the oldest beyond the bound were dropped, the rest refused"
+        (s.records_stale, s.records_refused),
+        (limits::MAX_EARLY_RECORDS as u64 - 1, 1)
     );
 }
 
@@ -159,6 +172,29 @@ fn a_record_anchored_to_a_branch_that_lost_is_stale() {
     ));
     let s = owner.stats();
     assert_eq!((s.records_stale, s.records_refused), (1, 0));
+}
+
+#[test]
+fn a_post_under_a_key_that_rotated_meanwhile_is_stale() {
+    let (mut owner, mut m, b1) = community(2);
+    m[0].handle_block(T0, &b1).unwrap();
+    // m0 posts under the key of block 1; before the post reaches the
+    // owner, the owner removes m1 (a rotation).
+    m[0].post(T0, "just before").unwrap();
+    let (posts, _) = drain(&mut m[0]);
+    owner.remove(T0, m[1].me()).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, b2) = drain(&mut owner);
+    assert_eq!(owner.handle_record(T0, &posts[0]), Ok(Received::Stale));
+    assert_eq!(owner.stats().records_refused, 0);
+    // m0 learns block 2 and posts the text again under the new key.
+    m[0].handle_block(T0, &b2[0]).unwrap();
+    let (again, _) = drain(&mut m[0]);
+    assert_eq!(again.len(), 1);
+    assert!(matches!(
+        owner.handle_record(T0, &again[0]),
+        Ok(Received::Pooled(_))
+    ));
 }
 
 #[test]

@@ -118,7 +118,8 @@ struct Entry {
 impl Entry {
     fn refuse(&mut self, err: &chainmail_chain::ChainError) {
         *self.refused.entry(err.kind()).or_default() += 1;
-        tracing::debug!(error = %err, "community input refused");
+        // The rule broken, never content or ids.
+        tracing::info!(kind = err.kind(), error = %err, "community input refused");
     }
 }
 

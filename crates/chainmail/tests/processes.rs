@@ -1126,12 +1126,21 @@ fn communities_converge_across_nodes() {
             dir.display(),
             metric_sum(dir, "chainmail_community_records_out_of_date_total")
         );
-        assert_eq!(
-            metric_sum(dir, "chainmail_community_refused_total"),
-            0,
-            "refused at {}",
-            dir.display()
-        );
+        let refused = metric_sum(dir, "chainmail_community_refused_total");
+        if refused != 0 {
+            let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+            let why: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+            panic!(
+                "{refused} refused at {}:\n{}\n{}",
+                dir.display(),
+                metrics_text(dir)
+                    .lines()
+                    .filter(|l| l.starts_with("chainmail_community"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                why.join("\n")
+            );
+        }
     }
 
     // A copy of the chain from alice adds nothing new at dave; a block
