@@ -127,7 +127,7 @@ enum Command {
     #[command(subcommand)]
     Advisory(cli::AdvisoryCommand),
     /// Communities: create, invite, join, post, log, members, promote,
-    /// demote, remove, ban, redact, leave.
+    /// demote, remove, ban, redact, export, import, leave.
     #[command(subcommand)]
     Community(cli_community::CommunityCommand),
     /// Send a text to a contact (by name), or with --to a raw message to a
