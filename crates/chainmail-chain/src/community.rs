@@ -180,7 +180,7 @@ pub struct Community {
     rng: StdRng,
     pool: Vec<Record>,
     /// Gossiped records whose anchor has not arrived yet, oldest first.
-    early: VecDeque<Record>,
+    early: VecDeque<(RecordId, Record)>,
     /// Our own records not yet in the best chain, with a post's text.
     own: HashMap<RecordId, (Record, Option<String>)>,
     produce_at: Option<u64>,
@@ -544,11 +544,11 @@ impl Community {
             Fit::Duplicate => return Ok(Received::Duplicate),
             Fit::Stale => return Ok(Received::Stale),
             Fit::Early => {
-                if !self.early.iter().any(|r| r.id() == id) {
+                if !self.early.iter().any(|(held, _)| *held == id) {
                     if self.early.len() >= limits::MAX_EARLY_RECORDS {
                         self.early.pop_front();
                     }
-                    self.early.push_back(record);
+                    self.early.push_back((id, record));
                 }
                 return Ok(Received::Early);
             }
@@ -580,12 +580,11 @@ impl Community {
     /// Judges the held records whose anchors have arrived; a refused one
     /// counts as refused now.
     fn release_early(&mut self, now_ms: u64) {
-        let (arrived, waiting): (VecDeque<Record>, VecDeque<Record>) =
-            std::mem::take(&mut self.early)
-                .into_iter()
-                .partition(|r| self.chain.contains(&r.anchor));
+        let (arrived, waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|(_, r)| self.chain.contains(&r.anchor));
         self.early = waiting;
-        for r in arrived {
+        for (_, r) in arrived {
             // Their anchors are here: never `Early` again.
             let result = self.accept_record(now_ms, r);
             self.count(&result);

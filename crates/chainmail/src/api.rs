@@ -225,6 +225,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+/// One counter in the Prometheus text format: help, type, and each sample
+/// (`labels` is `""` or `{name="value",…}`).
+pub(crate) fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// Renders the counters in the Prometheus text format.
 pub(crate) fn render_metrics(
     node: Option<(&NodeStats, usize)>,
@@ -234,12 +243,6 @@ pub(crate) fn render_metrics(
     session: Option<&chainmail_session::MessengerStats>,
 ) -> String {
     let mut out = String::new();
-    fn counter(out: &mut String, name: &str, help: &str, samples: &[(String, u64)]) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    }
     if let Some(s) = session {
         counter(
             &mut out,

@@ -116,6 +116,28 @@ struct Entry {
 }
 
 impl Entry {
+    /// A block from the swarm, a sync answer or an import: what it
+    /// stored goes to the vault with the next write; a refusal is
+    /// counted.
+    fn take_block(
+        &mut self,
+        now_ms: u64,
+        bytes: &[u8],
+    ) -> Result<chainmail_chain::Insertion, chainmail_chain::ChainError> {
+        let result = self.core.handle_block(now_ms, bytes);
+        match &result {
+            Ok(ins) => {
+                for id in &ins.stored {
+                    if let Some(block) = self.core.chain().block(id) {
+                        self.unsaved.push(block.clone());
+                    }
+                }
+            }
+            Err(err) => self.refuse(err),
+        }
+        result
+    }
+
     fn refuse(&mut self, err: &chainmail_chain::ChainError) {
         *self.refused.entry(err.kind()).or_default() += 1;
         // The rule broken, never content or ids.
@@ -418,50 +440,43 @@ impl Hub {
             return Verdict::Ignore;
         };
         let id = *id;
-        let result = match bytes.split_first() {
-            Some((&TOPIC_RECORD, rest)) => e.core.handle_record(now_ms, rest).map(|r| match r {
-                Received::Pooled(_) | Received::Early => Verdict::Accept,
-                Received::Duplicate | Received::Stale => Verdict::Ignore,
-            }),
-            Some((&TOPIC_BLOCK, rest)) => e.core.handle_block(now_ms, rest).map(|ins| {
-                let new = !ins.stored.is_empty() || ins.missing_parent.is_some();
-                for b in ins.stored {
-                    if let Some(block) = e.core.chain().block(&b) {
-                        e.unsaved.push(block.clone());
-                    }
+        let verdict = match bytes.split_first() {
+            Some((&TOPIC_RECORD, rest)) => match e.core.handle_record(now_ms, rest) {
+                Ok(Received::Pooled(_) | Received::Early) => Verdict::Accept,
+                Ok(Received::Duplicate | Received::Stale) => Verdict::Ignore,
+                Err(err) => {
+                    e.refuse(&err);
+                    Verdict::Reject
                 }
-                if new {
+            },
+            // take_block counts a refusal.
+            Some((&TOPIC_BLOCK, rest)) => match e.take_block(now_ms, rest) {
+                Ok(ins) if !ins.stored.is_empty() || ins.missing_parent.is_some() => {
                     Verdict::Accept
-                } else {
-                    Verdict::Ignore
                 }
-            }),
-            _ => Err(chainmail_chain::ChainError::Malformed {
-                what: "topic message",
-                reason: "unknown kind",
-            }),
-        };
-        let verdict = match result {
-            Ok(verdict) => {
-                // Whoever relays valid community traffic is a member node.
-                if !e.peers.iter().any(|p| p.peer == source) {
-                    merge_peers(
-                        &mut e.peers,
-                        PeerEntry {
-                            peer: source,
-                            addrs: Vec::new(),
-                            published: now_ms,
-                        },
-                    );
-                    e.dirty = true;
-                }
-                verdict
-            }
-            Err(err) => {
-                e.refuse(&err);
+                Ok(_) => Verdict::Ignore,
+                Err(_) => Verdict::Reject,
+            },
+            _ => {
+                e.refuse(&chainmail_chain::ChainError::Malformed {
+                    what: "topic message",
+                    reason: "unknown kind",
+                });
                 Verdict::Reject
             }
         };
+        // Whoever relays valid community traffic is a member node.
+        if verdict != Verdict::Reject && !e.peers.iter().any(|p| p.peer == source) {
+            merge_peers(
+                &mut e.peers,
+                PeerEntry {
+                    peer: source,
+                    addrs: Vec::new(),
+                    published: now_ms,
+                },
+            );
+            e.dirty = true;
+        }
         self.after(id, now_ms);
         verdict
     }
@@ -490,16 +505,8 @@ impl Hub {
         match SyncResponse::decode(bytes) {
             Ok(SyncResponse::Blocks(blocks)) => {
                 for b in &blocks {
-                    match e.core.handle_block(now_ms, b) {
-                        Ok(ins) => {
-                            more |= !ins.stored.is_empty();
-                            for s in ins.stored {
-                                if let Some(block) = e.core.chain().block(&s) {
-                                    e.unsaved.push(block.clone());
-                                }
-                            }
-                        }
-                        Err(err) => e.refuse(&err),
+                    if let Ok(ins) = e.take_block(now_ms, b) {
+                        more |= !ins.stored.is_empty();
                     }
                 }
                 e.dirty |= more;
@@ -951,12 +958,17 @@ impl Hub {
                 let (mut stored, mut known, mut waiting) = (0usize, 0usize, 0usize);
                 let mut refused = Vec::new();
                 for (i, b) in blocks.iter().enumerate() {
-                    let result = unhex(b)
-                        .ok_or(chainmail_chain::ChainError::Malformed {
-                            what: "block",
-                            reason: "not hex",
-                        })
-                        .and_then(|bytes| e.core.handle_block(now_ms, &bytes));
+                    let result = match unhex(b) {
+                        Some(bytes) => e.take_block(now_ms, &bytes),
+                        None => {
+                            let err = chainmail_chain::ChainError::Malformed {
+                                what: "block",
+                                reason: "not hex",
+                            };
+                            e.refuse(&err);
+                            Err(err)
+                        }
+                    };
                     match result {
                         Ok(ins) => {
                             if ins.stored.is_empty() && ins.missing_parent.is_none() {
@@ -966,14 +978,8 @@ impl Hub {
                                 waiting += 1;
                             }
                             stored += ins.stored.len();
-                            for s in ins.stored {
-                                if let Some(block) = e.core.chain().block(&s) {
-                                    e.unsaved.push(block.clone());
-                                }
-                            }
                         }
                         Err(err) => {
-                            e.refuse(&err);
                             refused.push(json!({ "index": i, "error": err.to_string() }));
                         }
                     }

@@ -868,29 +868,27 @@ impl Runtime {
     fn metrics(&self) -> String {
         let mut text = self.core_metrics();
         if let Some(a) = &self.account {
-            use std::fmt::Write as _;
-            let _ = writeln!(
-                text,
-                "# HELP chainmail_community_refused_total Community records, blocks, sync answers, imports and join letters refused, by kind.\n\
-                 # TYPE chainmail_community_refused_total counter"
+            let kind = |(kind, n): (&str, u64)| (format!("{{kind=\"{kind}\"}}"), n);
+            crate::api::counter(
+                &mut text,
+                "chainmail_community_refused_total",
+                "Community records, blocks, sync answers, imports and join letters refused, by kind.",
+                &a.communities
+                    .refused()
+                    .into_iter()
+                    .map(kind)
+                    .collect::<Vec<_>>(),
             );
-            for (kind, n) in a.communities.refused() {
-                let _ = writeln!(
-                    text,
-                    "chainmail_community_refused_total{{kind=\"{kind}\"}} {n}"
-                );
-            }
-            let _ = writeln!(
-                text,
-                "# HELP chainmail_community_records_out_of_date_total Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch): not refusals.\n\
-                 # TYPE chainmail_community_records_out_of_date_total counter"
+            crate::api::counter(
+                &mut text,
+                "chainmail_community_records_out_of_date_total",
+                "Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch or overtaken since): not refusals.",
+                &a.communities
+                    .out_of_date()
+                    .into_iter()
+                    .map(kind)
+                    .collect::<Vec<_>>(),
             );
-            for (kind, n) in a.communities.out_of_date() {
-                let _ = writeln!(
-                    text,
-                    "chainmail_community_records_out_of_date_total{{kind=\"{kind}\"}} {n}"
-                );
-            }
         }
         text
     }
