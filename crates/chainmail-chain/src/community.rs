@@ -112,6 +112,10 @@ pub struct Stats {
     pub blocks_produced: u64,
     /// Turns at which producing failed (records stay in the pool).
     pub production_failed: u64,
+    /// Our own actions (not posts) that could not count where they were
+    /// made any more and were not valid when signed again on the tip (the
+    /// rights they needed are gone, or their effect is already there).
+    pub actions_dropped: u64,
 }
 
 /// One entry of the readable log.
@@ -635,16 +639,52 @@ impl Community {
                 .flat_map(|b| b.records.iter().cloned())
                 .filter(|r| !matches!(r.body, Body::RotateKey { .. }))
                 .collect();
+            let me = self.me.id();
+            let mut restored = Vec::new();
             for r in removed {
                 let id = r.id();
+                // Ours: no longer confirmed. It goes back to the records
+                // we publish until a block of the best chain holds it (or
+                // is made again below if it cannot count any more).
+                if r.issuer == me && !self.own.contains_key(&id) {
+                    let text = self.own_text(&r);
+                    self.own.insert(id, (r.clone(), text));
+                    restored.push(id);
+                }
                 if !self.pool.iter().any(|p| p.id() == id) {
                     self.add_to_pool(r);
                 }
             }
             self.revalidate(now_ms);
+            // Those still valid here are published again at once: the
+            // producers of the winning branch may never have had them.
+            for id in restored {
+                if let Some((r, _)) = self.own.get(&id) {
+                    self.outputs.push_back(Output::Record(r.encode()));
+                }
+            }
+            if !self.own.is_empty() && self.republish_at <= now_ms {
+                self.republish_at = now_ms + self.config.republish_ms;
+            }
             self.schedule(now_ms, true);
         }
         Ok(insertion)
+    }
+
+    /// The text of a post of ours (read with the key it was sealed
+    /// under); `None` for other records.
+    fn own_text(&self, record: &Record) -> Option<String> {
+        let Body::Message {
+            key_id,
+            nonce,
+            sealed,
+        } = &record.body
+        else {
+            return None;
+        };
+        let key = self.keys.get(key_id)?;
+        open_post(key, &self.chain.id(), &record.issuer, key_id, nonce, sealed)
+            .and_then(|p| String::from_utf8(p).ok())
     }
 
     fn learn_keys(&mut self, block: &BlockId) {
@@ -682,7 +722,9 @@ impl Community {
             }
         }
         // Our own records: in the best chain (done), still valid (wait),
-        // or stale; a stale post is encrypted again under the new key.
+        // or stale; a stale post is encrypted again under the current key,
+        // any other stale record is signed again on the tip, where it is
+        // judged afresh (an action whose rights are gone is dropped).
         let own: Vec<(RecordId, Record, Option<String>)> =
             self.own.drain().map(|(id, (r, t))| (id, r, t)).collect();
         let mut again = Vec::new();
@@ -698,24 +740,31 @@ impl Community {
                 Ok(()) => {
                     self.own.insert(id, (record, text));
                 }
-                Err(e) => {
-                    if let Some(text) = text {
-                        again.push((record.timestamp, text, e));
-                    }
-                }
+                Err(e) => again.push((record, text, e)),
             }
         }
-        again.sort_by_key(|(t, _, _)| *t);
-        for (_, text, e) in again {
-            if let Err(e2) = self.post(now_ms, &text) {
-                let reason = match e2 {
-                    ChainError::Refused { reason, .. } => reason,
-                    _ => match e {
-                        ChainError::Refused { reason, .. } => reason,
-                        _ => "refused",
-                    },
-                };
-                self.events.push_back(Event::PostFailed { text, reason });
+        again.sort_by_key(|(r, _, _)| r.timestamp);
+        for (record, text, e) in again {
+            match (text, record.body) {
+                (Some(text), _) => {
+                    if let Err(e2) = self.post(now_ms, &text) {
+                        let reason = match e2 {
+                            ChainError::Refused { reason, .. } => reason,
+                            _ => match e {
+                                ChainError::Refused { reason, .. } => reason,
+                                _ => "refused",
+                            },
+                        };
+                        self.events.push_back(Event::PostFailed { text, reason });
+                    }
+                }
+                // A post we cannot read any more is not made again.
+                (None, Body::Message { .. } | Body::RotateKey { .. }) => {}
+                (None, body) => {
+                    if self.issue(now_ms, body, None).is_err() {
+                        self.stats.actions_dropped += 1;
+                    }
+                }
             }
         }
         let member = self.is_member();

@@ -218,3 +218,136 @@ fn a_record_that_breaks_a_rule_is_still_refused() {
     assert!(owner.handle_record(T0, &record.encode()).is_err());
     assert_eq!(owner.stats().records_refused, 1);
 }
+
+/// The owner, an admin (m0) and a member (m1), all holding blocks 1 and 2
+/// (m0 made an admin in block 2).
+fn with_admin() -> (Community, Vec<Community>) {
+    let (mut owner, mut m, b1) = community(2);
+    owner.set_role(T0, m[0].me(), Role::Admin).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, b2) = drain(&mut owner);
+    for c in m.iter_mut() {
+        c.handle_block(T0, &b1).unwrap();
+        c.handle_block(T0, &b2[0]).unwrap();
+    }
+    (owner, m)
+}
+
+/// The posts of the best chain that `c` can read.
+fn texts(c: &Community) -> Vec<String> {
+    c.log(0)
+        .into_iter()
+        .filter_map(|l| match l.what {
+            chainmail_chain::LogWhat::Post(t) => t,
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_post_whose_block_left_the_best_chain_is_posted_again() {
+    let (mut owner, mut m) = with_admin();
+    // The admin makes block 3 on its own; m1 posts on it, and the admin
+    // includes the post in block 4.
+    m[0].post(T0, "admin's").unwrap();
+    m[0].produce(T0).unwrap().unwrap();
+    let (_, a3) = drain(&mut m[0]);
+    m[1].handle_block(T0, &a3[0]).unwrap();
+    m[1].post(T0, "on the admin's branch").unwrap();
+    let (posts, _) = drain(&mut m[1]);
+    assert!(matches!(
+        m[0].handle_record(T0, &posts[0]),
+        Ok(Received::Pooled(_))
+    ));
+    m[0].produce(T0 + 1_000).unwrap().unwrap();
+    let (_, a4) = drain(&mut m[0]);
+    m[1].handle_block(T0, &a4[0]).unwrap();
+    assert_eq!(m[1].pending(), 0, "confirmed by block 4");
+    // The owner's block 3 wins over the admin's (higher rank), and with
+    // it the admin's blocks 3 and 4 leave m1's best chain: the post is
+    // anchored to a block that lost, so it is made again on the winner.
+    owner.post(T0, "owner's").unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, o3) = drain(&mut owner);
+    m[1].handle_block(T0, &o3[0]).unwrap();
+    assert_eq!(m[1].chain().height(), 3);
+    assert_eq!(m[1].pending(), 1, "not confirmed any more");
+    let (again, _) = drain(&mut m[1]);
+    assert_eq!(again.len(), 1, "the post is issued again");
+    assert!(matches!(
+        owner.handle_record(T0, &again[0]),
+        Ok(Received::Pooled(_))
+    ));
+    owner.produce(T0 + 1_000).unwrap().unwrap();
+    let (_, o4) = drain(&mut owner);
+    m[1].handle_block(T0, &o4[0]).unwrap();
+    assert_eq!(m[1].pending(), 0);
+    assert_eq!(
+        texts(&m[1]),
+        ["owner's", "on the admin's branch"],
+        "once, on the best chain"
+    );
+}
+
+#[test]
+fn a_record_whose_block_lost_but_still_counts_is_published_again_unchanged() {
+    let (mut owner, mut m) = with_admin();
+    // m1 posts on block 2; the admin includes it in block 3, which loses
+    // to the owner's block 3. Its anchor (block 2) is still on the best
+    // chain, so the same record is published again, not a copy.
+    m[1].post(T0, "anchored below the fork").unwrap();
+    let (posts, _) = drain(&mut m[1]);
+    m[0].handle_record(T0, &posts[0]).unwrap();
+    m[0].produce(T0).unwrap().unwrap();
+    let (_, a3) = drain(&mut m[0]);
+    m[1].handle_block(T0, &a3[0]).unwrap();
+    assert_eq!(m[1].pending(), 0);
+    owner.post(T0, "owner's").unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, o3) = drain(&mut owner);
+    m[1].handle_block(T0, &o3[0]).unwrap();
+    assert_eq!(m[1].pending(), 1);
+    let (again, _) = drain(&mut m[1]);
+    assert_eq!(again, posts, "the same record");
+    assert!(matches!(
+        owner.handle_record(T0, &again[0]),
+        Ok(Received::Pooled(_))
+    ));
+    owner.produce(T0 + 1_000).unwrap().unwrap();
+    let (_, o4) = drain(&mut owner);
+    m[1].handle_block(T0, &o4[0]).unwrap();
+    assert_eq!(m[1].pending(), 0);
+    assert_eq!(texts(&m[1]), ["owner's", "anchored below the fork"]);
+}
+
+#[test]
+fn an_action_whose_block_lost_is_signed_again_on_the_winner() {
+    let (mut owner, mut m) = with_admin();
+    // The admin (m0) posts in its own block 3 and removes m1 in block 4;
+    // both lose to the owner's block 3, and both are made again there.
+    m[0].post(T0, "admin's").unwrap();
+    m[0].produce(T0).unwrap().unwrap();
+    let m1 = m[1].me();
+    m[0].remove(T0, m1).unwrap();
+    m[0].produce(T0 + 1_000).unwrap().unwrap();
+    let _ = drain(&mut m[0]);
+    assert_eq!(m[0].state().members().len(), 2);
+    owner.post(T0, "owner's").unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, o3) = drain(&mut owner);
+    m[0].handle_block(T0, &o3[0]).unwrap();
+    assert_eq!(m[0].chain().height(), 3);
+    assert_eq!(m[0].state().members().len(), 3, "the removal left too");
+    let (again, _) = drain(&mut m[0]);
+    assert_eq!(again.len(), 2, "the post and the removal are issued again");
+    for r in &again {
+        assert!(matches!(
+            owner.handle_record(T0, r),
+            Ok(Received::Pooled(_))
+        ));
+    }
+    owner.produce(T0 + 1_000).unwrap().unwrap();
+    assert_eq!(owner.state().members().len(), 2);
+    assert_eq!(texts(&owner), ["owner's", "admin's"]);
+    assert_eq!(m[0].stats().actions_dropped, 0);
+}

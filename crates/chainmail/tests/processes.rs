@@ -59,16 +59,29 @@ fn status(dir: &Path) -> Option<Value> {
         .and_then(|s| serde_json::from_str(&s).ok())
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_or_explain(what, timeout, f, String::new)
+}
+
+/// As [`wait_for`], with `explain()` (the state of the nodes) in the
+/// message when it times out.
+fn wait_or_explain<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    explain: impl Fn() -> String,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                explain()
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -940,6 +953,40 @@ fn try_community_posts(dir: &Path) -> Result<Vec<Option<String>>, String> {
         .collect())
 }
 
+/// What each community node knows, for a failure message: its summary,
+/// posts, community metrics and the community lines of its log.
+fn community_report(dirs: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy();
+        let summary = cli(&[
+            "community",
+            "list",
+            "--json",
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .unwrap_or_else(|e| format!("(no answer: {})", e.trim()));
+        let peers = status(dir).map(|s| s["peers"].clone()).unwrap_or_default();
+        out += &format!("== {name}: connected peers {peers}\n{}\n", summary.trim());
+        out += &format!("posts: {:?}\n", try_community_posts(dir));
+        for l in metrics_text(dir).lines() {
+            if l.starts_with("chainmail_community") {
+                out += &format!("{l}\n");
+            }
+        }
+        let log = std::fs::read_to_string(dir.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("communit") || l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        for l in &lines[lines.len().saturating_sub(20)..] {
+            out += &format!("log: {l}\n");
+        }
+    }
+    out
+}
+
 fn community_admitted(dir: &Path) -> bool {
     community_json(dir, &["list"])
         .as_array()
@@ -1039,10 +1086,15 @@ fn communities_converge_across_nodes() {
             &["post", "garden", &format!("hello from {}", names[i])],
         );
     }
-    let all = wait_for("posts to converge", Duration::from_secs(120), || {
-        let first = community_posts(alice);
-        (first.len() == 5 && dirs.iter().all(|d| community_posts(d) == first)).then_some(first)
-    });
+    let all = wait_or_explain(
+        "posts to converge",
+        Duration::from_secs(120),
+        || {
+            let first = community_posts(alice);
+            (first.len() == 5 && dirs.iter().all(|d| community_posts(d) == first)).then_some(first)
+        },
+        || community_report(&dirs),
+    );
     assert!(all.iter().all(Option::is_some), "{all:?}");
 
     // Concurrent admin actions: bob (admin) makes carol a moderator while
@@ -1071,13 +1123,16 @@ fn communities_converge_across_nodes() {
         ("dave".into(), "member".into()),
     ];
     for dir in &dirs[..4] {
-        wait_for("the roster to converge", Duration::from_secs(120), || {
-            (members(dir) == expected).then_some(())
-        });
+        wait_or_explain(
+            "the roster to converge",
+            Duration::from_secs(120),
+            || (members(dir) == expected).then_some(()),
+            || community_report(&dirs),
+        );
     }
     community_json(&dirs[2], &["post", "garden", "after erin left"]);
     for dir in &dirs[..4] {
-        wait_for(
+        wait_or_explain(
             "the post after the removal",
             Duration::from_secs(120),
             || {
@@ -1085,6 +1140,7 @@ fn communities_converge_across_nodes() {
                     .contains(&Some("after erin left".into()))
                     .then_some(())
             },
+            || community_report(&dirs),
         );
     }
     std::thread::sleep(Duration::from_secs(3));
@@ -1103,10 +1159,11 @@ fn communities_converge_across_nodes() {
             &["post", "garden", &format!("while dave was away {k}")],
         );
     }
-    wait_for(
+    wait_or_explain(
         "the twenty posts at alice",
         Duration::from_secs(120),
         || (community_posts(alice).len() >= 26).then_some(()),
+        || community_report(&dirs[..3]),
     );
     start_node(
         &mut procs,
@@ -1115,9 +1172,12 @@ fn communities_converge_across_nodes() {
         &["--roles", "none", "--client"],
     );
     let expect = community_posts(alice);
-    wait_for("dave to catch up", Duration::from_secs(120), || {
-        (try_community_posts(&dirs[3]).ok()? == expect).then_some(())
-    });
+    wait_or_explain(
+        "dave to catch up",
+        Duration::from_secs(120),
+        || (try_community_posts(&dirs[3]).ok()? == expect).then_some(()),
+        || community_report(&dirs[..4]),
+    );
     // Records that raced their blocks are not refusals: nothing honest was
     // refused anywhere.
     for dir in &dirs[..4] {
