@@ -116,6 +116,9 @@ pub struct Stats {
     /// made any more and were not valid when signed again on the tip (the
     /// rights they needed are gone, or their effect is already there).
     pub actions_dropped: u64,
+    /// Our own posts that could not count where they were made any more
+    /// and could not be made again ([`Event::PostFailed`]).
+    pub posts_failed: u64,
 }
 
 /// One entry of the readable log.
@@ -434,6 +437,12 @@ impl Community {
                 what: "post",
                 size: text.len(),
                 max: limits::MAX_POST_BYTES,
+            });
+        }
+        if !self.is_member() {
+            return Err(ChainError::Refused {
+                what: "message",
+                reason: "not a member of this community (any more)",
             });
         }
         let key_id = self.chain.state().key_id;
@@ -755,6 +764,7 @@ impl Community {
                                 _ => "refused",
                             },
                         };
+                        self.stats.posts_failed += 1;
                         self.events.push_back(Event::PostFailed { text, reason });
                     }
                 }

@@ -351,3 +351,48 @@ fn an_action_whose_block_lost_is_signed_again_on_the_winner() {
     assert_eq!(texts(&owner), ["owner's", "admin's"]);
     assert_eq!(m[0].stats().actions_dropped, 0);
 }
+
+#[test]
+fn a_post_that_cannot_be_made_again_fails_and_says_why() {
+    let (mut owner, mut m) = with_admin();
+    // m1 posts; before any block holds the post, the owner removes m1.
+    m[1].post(T0, "too late").unwrap();
+    let _ = drain(&mut m[1]);
+    let m1 = m[1].me();
+    owner.remove(T0, m1).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, b3) = drain(&mut owner);
+    m[1].handle_block(T0, &b3[0]).unwrap();
+    assert!(!m[1].is_member());
+    let mut failed = Vec::new();
+    while let Some(e) = m[1].poll_event() {
+        if let chainmail_chain::Event::PostFailed { text, reason } = e {
+            failed.push((text, reason));
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "too late");
+    assert!(failed[0].1.contains("not a member"), "{failed:?}");
+    assert_eq!(m[1].stats().posts_failed, 1);
+    assert_eq!(m[1].pending(), 0);
+}
+
+#[test]
+fn an_action_whose_rights_are_gone_is_dropped_and_counted() {
+    let (mut owner, mut m) = with_admin();
+    // The admin issues a removal; before it is in a block, the owner
+    // makes the admin a plain member again.
+    let m1 = m[1].me();
+    m[0].remove(T0, m1).unwrap();
+    let _ = drain(&mut m[0]);
+    let m0 = m[0].me();
+    owner.set_role(T0, m0, Role::Member).unwrap();
+    owner.produce(T0).unwrap().unwrap();
+    let (_, b3) = drain(&mut owner);
+    m[0].handle_block(T0, &b3[0]).unwrap();
+    assert_eq!(m[0].state().role(&m0), Some(Role::Member));
+    assert_eq!(m[0].stats().actions_dropped, 1);
+    assert_eq!(m[0].pending(), 0);
+    let (again, _) = drain(&mut m[0]);
+    assert!(again.is_empty(), "nothing is issued again");
+}

@@ -203,6 +203,18 @@ fn print_summary(v: &Value) {
         v["height"],
         v["epoch"],
     );
+    match v["pending"].as_u64() {
+        Some(0) | None => {}
+        Some(1) => println!("  1 record of yours waits for a block"),
+        Some(n) => println!("  {n} records of yours wait for a block"),
+    }
+    for f in v["failed"].as_array().into_iter().flatten() {
+        println!(
+            "  not posted: {:?} ({})",
+            f["text"].as_str().unwrap_or(""),
+            f["reason"].as_str().unwrap_or("")
+        );
+    }
 }
 
 fn print_log_entry(e: &Value) {

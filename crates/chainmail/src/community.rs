@@ -32,6 +32,8 @@ pub(crate) const TOPIC_BLOCK: u8 = 2;
 const SYNC_EVERY_MS: u64 = 10_000;
 /// … while waiting to be admitted.
 const JOIN_SYNC_EVERY_MS: u64 = 2_000;
+/// Failed posts kept to show, per community.
+const MAX_FAILED_POSTS: usize = 32;
 /// How often the rendezvous record is refreshed.
 const RENDEZVOUS_EVERY_MS: u64 = 120_000;
 /// Most blocks in one import request (the CLI sends a file in parts).
@@ -83,6 +85,9 @@ struct StoredCommunity {
     invited: Vec<(String, String)>,
     /// Our name in the community (for the join request).
     name: String,
+    /// Posts of ours that could not be made (text, why), newest last.
+    #[serde(default)]
+    failed: Vec<(String, String)>,
 }
 
 /// An invitation we received.
@@ -113,9 +118,29 @@ struct Entry {
     /// Refused input (network, imports, join letters) by kind, for
     /// /metrics.
     refused: BTreeMap<&'static str, u64>,
+    /// Posts of ours that could not be made (text, why), newest last,
+    /// at most `MAX_FAILED_POSTS`: shown by `community list`.
+    failed: Vec<(String, String)>,
 }
 
 impl Entry {
+    /// A community as the hub keeps it, due for a sync and a rendezvous.
+    fn new(core: Community, name: String, peers: Vec<PeerEntry>, now_ms: u64) -> Entry {
+        Entry {
+            core,
+            name,
+            peers,
+            invited: Vec::new(),
+            topic: None,
+            next_sync: now_ms,
+            next_rendezvous: now_ms,
+            unsaved: Vec::new(),
+            dirty: true,
+            refused: BTreeMap::new(),
+            failed: Vec::new(),
+        }
+    }
+
     /// A block from the swarm, a sync answer or an import: what it
     /// stored goes to the vault with the next write; a refusal is
     /// counted.
@@ -233,22 +258,15 @@ impl Hub {
                 blocks.remove(&id).unwrap_or_default(),
                 now_ms,
             );
-            let entry = Entry {
-                core,
-                name: stored.name,
-                peers: stored.peers.iter().filter_map(peer_from_stored).collect(),
-                invited: stored
-                    .invited
-                    .iter()
-                    .filter_map(|(t, a)| Some((unhex_array(t)?, a.parse().ok()?)))
-                    .collect(),
-                topic: None,
-                next_sync: now_ms,
-                next_rendezvous: now_ms,
-                unsaved: Vec::new(),
-                dirty: false,
-                refused: BTreeMap::new(),
-            };
+            let peers = stored.peers.iter().filter_map(peer_from_stored).collect();
+            let mut entry = Entry::new(core, stored.name, peers, now_ms);
+            entry.invited = stored
+                .invited
+                .iter()
+                .filter_map(|(t, a)| Some((unhex_array(t)?, a.parse().ok()?)))
+                .collect();
+            entry.failed = stored.failed;
+            entry.dirty = false;
             hub.communities.insert(id, entry);
         }
         for id in hub.communities.keys().copied().collect::<Vec<_>>() {
@@ -286,6 +304,7 @@ impl Hub {
                         .map(|(t, a)| (hex(t), a.to_string()))
                         .collect(),
                     name: e.name.clone(),
+                    failed: e.failed.clone(),
                 };
                 if let Ok(json) = serde_json::to_vec(&stored) {
                     self.writes.push(("communities".into(), id.to_vec(), json));
@@ -415,7 +434,15 @@ impl Hub {
             e.dirty = true;
             match event {
                 Event::Admitted | Event::KeyChanged => e.next_sync = now_ms,
-                Event::Expelled | Event::PostFailed { .. } => {}
+                Event::PostFailed { text, reason } => {
+                    // The reason only: never the text.
+                    tracing::warn!(reason, "a community post could not be made again");
+                    if e.failed.len() >= MAX_FAILED_POSTS {
+                        e.failed.remove(0);
+                    }
+                    e.failed.push((text, reason.to_owned()));
+                }
+                Event::Expelled => {}
             }
         }
     }
@@ -561,6 +588,18 @@ impl Hub {
         [("duplicate", n[0]), ("early", n[1]), ("stale", n[2])]
     }
 
+    /// Our own posts and actions that could not count any more and could
+    /// not be made again, for /metrics.
+    pub(crate) fn own_dropped(&self) -> [(&'static str, u64); 2] {
+        let mut n = [0u64; 2];
+        for e in self.communities.values() {
+            let s = e.core.stats();
+            n[0] += s.posts_failed;
+            n[1] += s.actions_dropped;
+        }
+        [("post", n[0]), ("action", n[1])]
+    }
+
     /// Letters from contacts: invitations (stored; their token and the
     /// community's name are returned, for the inbox) and join requests.
     pub(crate) fn handle_letter(
@@ -704,6 +743,11 @@ impl Hub {
             "height": e.core.chain().height(),
             "epoch": state.epoch,
             "pending": e.core.pending(),
+            "failed": e
+                .failed
+                .iter()
+                .map(|(text, reason)| json!({ "text": text, "reason": reason }))
+                .collect::<Vec<_>>(),
             "peers": e.peers.len(),
         })
     }
@@ -730,21 +774,8 @@ impl Hub {
                 )
                 .map_err(err)?;
                 let id = core.id();
-                self.communities.insert(
-                    id,
-                    Entry {
-                        core,
-                        name: my_name,
-                        peers: Vec::new(),
-                        invited: Vec::new(),
-                        topic: None,
-                        next_sync: now_ms,
-                        next_rendezvous: now_ms,
-                        unsaved: Vec::new(),
-                        dirty: true,
-                        refused: BTreeMap::new(),
-                    },
-                );
+                self.communities
+                    .insert(id, Entry::new(core, my_name, Vec::new(), now_ms));
                 self.after(id, now_ms);
                 Ok(self.summary(&id))
             }
@@ -836,21 +867,8 @@ impl Hub {
                         })
                     })
                     .collect();
-                self.communities.insert(
-                    id,
-                    Entry {
-                        core,
-                        name: my_name,
-                        peers,
-                        invited: Vec::new(),
-                        topic: None,
-                        next_sync: now_ms,
-                        next_rendezvous: now_ms,
-                        unsaved: Vec::new(),
-                        dirty: true,
-                        refused: BTreeMap::new(),
-                    },
-                );
+                self.communities
+                    .insert(id, Entry::new(core, my_name, peers, now_ms));
                 let mut joined = inv.clone();
                 joined.joined = true;
                 if let Ok(json) = serde_json::to_vec(&joined) {

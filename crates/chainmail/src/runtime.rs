@@ -889,6 +889,16 @@ impl Runtime {
                     .map(kind)
                     .collect::<Vec<_>>(),
             );
+            crate::api::counter(
+                &mut text,
+                "chainmail_community_own_records_dropped_total",
+                "Our own posts and actions whose block or anchor lost and that could not be made again on the new tip (their rights are gone), by kind.",
+                &a.communities
+                    .own_dropped()
+                    .into_iter()
+                    .map(kind)
+                    .collect::<Vec<_>>(),
+            );
         }
         text
     }
