@@ -244,6 +244,21 @@ fn texts(c: &Community) -> Vec<String> {
         .collect()
 }
 
+/// `producer` takes `records` (each valid at its tip) into a block, and
+/// `member` takes that block: nothing of its own is pending any more.
+fn confirm(producer: &mut Community, member: &mut Community, records: &[Vec<u8>]) {
+    for r in records {
+        assert!(matches!(
+            producer.handle_record(T0, r),
+            Ok(Received::Pooled(_))
+        ));
+    }
+    producer.produce(T0 + 1_000).unwrap().unwrap();
+    let (_, blocks) = drain(producer);
+    member.handle_block(T0, &blocks[0]).unwrap();
+    assert_eq!(member.pending(), 0);
+}
+
 #[test]
 fn a_post_whose_block_left_the_best_chain_is_posted_again() {
     let (mut owner, mut m) = with_admin();
@@ -274,14 +289,7 @@ fn a_post_whose_block_left_the_best_chain_is_posted_again() {
     assert_eq!(m[1].pending(), 1, "not confirmed any more");
     let (again, _) = drain(&mut m[1]);
     assert_eq!(again.len(), 1, "the post is issued again");
-    assert!(matches!(
-        owner.handle_record(T0, &again[0]),
-        Ok(Received::Pooled(_))
-    ));
-    owner.produce(T0 + 1_000).unwrap().unwrap();
-    let (_, o4) = drain(&mut owner);
-    m[1].handle_block(T0, &o4[0]).unwrap();
-    assert_eq!(m[1].pending(), 0);
+    confirm(&mut owner, &mut m[1], &again);
     assert_eq!(
         texts(&m[1]),
         ["owner's", "on the admin's branch"],
@@ -309,14 +317,7 @@ fn a_record_whose_block_lost_but_still_counts_is_published_again_unchanged() {
     assert_eq!(m[1].pending(), 1);
     let (again, _) = drain(&mut m[1]);
     assert_eq!(again, posts, "the same record");
-    assert!(matches!(
-        owner.handle_record(T0, &again[0]),
-        Ok(Received::Pooled(_))
-    ));
-    owner.produce(T0 + 1_000).unwrap().unwrap();
-    let (_, o4) = drain(&mut owner);
-    m[1].handle_block(T0, &o4[0]).unwrap();
-    assert_eq!(m[1].pending(), 0);
+    confirm(&mut owner, &mut m[1], &again);
     assert_eq!(texts(&m[1]), ["owner's", "anchored below the fork"]);
 }
 
@@ -340,13 +341,7 @@ fn an_action_whose_block_lost_is_signed_again_on_the_winner() {
     assert_eq!(m[0].state().members().len(), 3, "the removal left too");
     let (again, _) = drain(&mut m[0]);
     assert_eq!(again.len(), 2, "the post and the removal are issued again");
-    for r in &again {
-        assert!(matches!(
-            owner.handle_record(T0, r),
-            Ok(Received::Pooled(_))
-        ));
-    }
-    owner.produce(T0 + 1_000).unwrap().unwrap();
+    confirm(&mut owner, &mut m[0], &again);
     assert_eq!(owner.state().members().len(), 2);
     assert_eq!(texts(&owner), ["owner's", "admin's"]);
     assert_eq!(m[0].stats().actions_dropped, 0);
