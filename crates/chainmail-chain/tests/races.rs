@@ -135,15 +135,7 @@ fn a_record_seen_again_after_its_block_is_a_duplicate() {
 
 #[test]
 fn a_record_anchored_to_a_branch_that_lost_is_stale() {
-    let (mut owner, mut m, b1) = community(2);
-    // m0 becomes an admin in block 2.
-    owner.set_role(T0, m[0].me(), Role::Admin).unwrap();
-    owner.produce(T0).unwrap().unwrap();
-    let (_, b2) = drain(&mut owner);
-    for c in m.iter_mut() {
-        c.handle_block(T0, &b1).unwrap();
-        c.handle_block(T0, &b2[0]).unwrap();
-    }
+    let (mut owner, mut m) = with_admin();
     // Owner and admin each produce a block at height 3.
     m[0].post(T0, "admin's").unwrap();
     m[0].produce(T0).unwrap().unwrap();
