@@ -793,10 +793,6 @@ impl Community {
 
     /// Whether a record is in the best chain (searched from its anchor up).
     fn in_best_chain(&self, id: &RecordId, record: &Record) -> bool {
-        let Some(state) = self.chain.state_at(&record.anchor) else {
-            return false;
-        };
-        let _ = state;
         if !self.chain.is_main(&record.anchor) {
             return false;
         }

@@ -575,29 +575,28 @@ impl Hub {
         all
     }
 
+    /// A core statistic summed over the communities.
+    fn stat(&self, f: impl Fn(&chainmail_chain::Stats) -> u64) -> u64 {
+        self.communities.values().map(|e| f(e.core.stats())).sum()
+    }
+
     /// Gossiped records that raced their blocks (duplicate, early, stale),
     /// summed over the communities: ordinary gossip, not refusals.
-    pub(crate) fn out_of_date(&self) -> [(&'static str, u64); 3] {
-        let mut n = [0u64; 3];
-        for e in self.communities.values() {
-            let s = e.core.stats();
-            n[0] += s.records_duplicate;
-            n[1] += s.records_early;
-            n[2] += s.records_stale;
-        }
-        [("duplicate", n[0]), ("early", n[1]), ("stale", n[2])]
+    pub(crate) fn out_of_date(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::from([
+            ("duplicate", self.stat(|s| s.records_duplicate)),
+            ("early", self.stat(|s| s.records_early)),
+            ("stale", self.stat(|s| s.records_stale)),
+        ])
     }
 
     /// Our own posts and actions that could not count any more and could
     /// not be made again, for /metrics.
-    pub(crate) fn own_dropped(&self) -> [(&'static str, u64); 2] {
-        let mut n = [0u64; 2];
-        for e in self.communities.values() {
-            let s = e.core.stats();
-            n[0] += s.posts_failed;
-            n[1] += s.actions_dropped;
-        }
-        [("post", n[0]), ("action", n[1])]
+    pub(crate) fn own_dropped(&self) -> BTreeMap<&'static str, u64> {
+        BTreeMap::from([
+            ("post", self.stat(|s| s.posts_failed)),
+            ("action", self.stat(|s| s.actions_dropped)),
+        ])
     }
 
     /// Letters from contacts: invitations (stored; their token and the

@@ -868,37 +868,30 @@ impl Runtime {
     fn metrics(&self) -> String {
         let mut text = self.core_metrics();
         if let Some(a) = &self.account {
-            let kind = |(kind, n): (&str, u64)| (format!("{{kind=\"{kind}\"}}"), n);
-            crate::api::counter(
-                &mut text,
-                "chainmail_community_refused_total",
-                "Community records, blocks, sync answers, imports and join letters refused, by kind.",
-                &a.communities
-                    .refused()
+            let families = [
+                (
+                    "chainmail_community_refused_total",
+                    "Community records, blocks, sync answers, imports and join letters refused, by kind.",
+                    a.communities.refused(),
+                ),
+                (
+                    "chainmail_community_records_out_of_date_total",
+                    "Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch or overtaken since): not refusals.",
+                    a.communities.out_of_date(),
+                ),
+                (
+                    "chainmail_community_own_records_dropped_total",
+                    "Our own posts and actions whose block or anchor lost and that could not be made again on the new tip (their rights are gone), by kind.",
+                    a.communities.own_dropped(),
+                ),
+            ];
+            for (name, help, by_kind) in families {
+                let samples: Vec<(String, u64)> = by_kind
                     .into_iter()
-                    .map(kind)
-                    .collect::<Vec<_>>(),
-            );
-            crate::api::counter(
-                &mut text,
-                "chainmail_community_records_out_of_date_total",
-                "Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch or overtaken since): not refusals.",
-                &a.communities
-                    .out_of_date()
-                    .into_iter()
-                    .map(kind)
-                    .collect::<Vec<_>>(),
-            );
-            crate::api::counter(
-                &mut text,
-                "chainmail_community_own_records_dropped_total",
-                "Our own posts and actions whose block or anchor lost and that could not be made again on the new tip (their rights are gone), by kind.",
-                &a.communities
-                    .own_dropped()
-                    .into_iter()
-                    .map(kind)
-                    .collect::<Vec<_>>(),
-            );
+                    .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), n))
+                    .collect();
+                crate::api::counter(&mut text, name, help, &samples);
+            }
         }
         text
     }
