@@ -44,6 +44,9 @@ use crate::message::{
     MailboxItem, MessageId, SealKey, mailbox_id,
 };
 use crate::node::poisson_gap;
+use crate::service::{
+    self, Answer, Assembled, Errand, ErrandId, MAX_ANSWER_SURBS, Reassembly, SERVICE_MAILBOX,
+};
 use crate::{DirNode, EpochDirectory, MixnetError, Params, Time};
 
 /// Configuration of a client core.
@@ -60,6 +63,13 @@ pub struct ClientConfig {
     pub max_attempts: u32,
     /// How long a fetch may wait at the provider for mail.
     pub fetch_wait: Duration,
+    /// Time to wait for an errand's answer before asking through another
+    /// exit; grows with every attempt.
+    pub errand_timeout: Duration,
+    /// Attempts (each through another exit) before an errand fails.
+    pub errand_attempts: u32,
+    /// Most errands in flight.
+    pub max_errands: usize,
 }
 
 impl ClientConfig {
@@ -71,6 +81,9 @@ impl ClientConfig {
             ack_timeout: Duration::from_secs(10),
             max_attempts: 6,
             fetch_wait: Duration::from_secs(20),
+            errand_timeout: Duration::from_secs(20),
+            errand_attempts: 4,
+            max_errands: 256,
         }
     }
 }
@@ -140,6 +153,18 @@ pub enum ClientEvent {
         /// Round-trip time.
         rtt: Duration,
     },
+    /// An exit answered an errand.
+    Answered {
+        /// The errand.
+        id: ErrandId,
+        /// The answer.
+        answer: Answer,
+    },
+    /// No exit answered an errand after every attempt.
+    ErrandFailed {
+        /// The errand.
+        id: ErrandId,
+    },
 }
 
 /// Counters.
@@ -165,18 +190,43 @@ pub struct ClientStats {
     pub undecryptable: u64,
     /// Ticks with no usable directory (nothing sent).
     pub no_route: u64,
+    /// Errand packets sent (requests to an exit).
+    pub errand_packets_sent: u64,
+    /// Errands sent again through another exit.
+    pub errands_retried: u64,
+    /// Errands that failed after every attempt.
+    pub errands_failed: u64,
+    /// Messages whose acknowledgement SURB did not start at one of our own
+    /// providers: not acknowledged, since sending it would tell the node
+    /// the sender chose where we are.
+    pub foreign_surbs: u64,
 }
 
 impl ClientStats {
     /// Every packet this client put on its link.
     pub fn packets_sent(&self) -> u64 {
-        self.real_sent + self.acks_sent + self.drop_sent + self.loops_sent
+        self.real_sent
+            + self.acks_sent
+            + self.drop_sent
+            + self.loops_sent
+            + self.errand_packets_sent
     }
 }
 
 enum Outgoing {
     Message(MessageId),
     Ack { first_hop: NodeId, packet: Packet },
+    Errand { first_hop: NodeId, packet: Packet },
+}
+
+struct PendingErrand {
+    errand: Errand,
+    /// SURBs the answer needs.
+    answer_surbs: usize,
+    attempts: u32,
+    retry_at: Option<Time>,
+    surbs: Vec<SurbId>,
+    exits_tried: Vec<NodeId>,
 }
 
 /// How long an acknowledgement may wait behind messages before it goes
@@ -245,6 +295,11 @@ pub struct Client {
     acks: VecDeque<QueuedAck>,
     pending: HashMap<MessageId, Pending>,
     surbs: HashMap<SurbId, (SurbSecrets, MessageId)>,
+    errands: HashMap<ErrandId, PendingErrand>,
+    errand_queue: VecDeque<ErrandId>,
+    errand_packets: VecDeque<(NodeId, Packet)>,
+    errand_surbs: HashMap<SurbId, (SurbSecrets, ErrandId)>,
+    answers: Reassembly,
     seen: Seen,
     loops: HashMap<[u8; 16], Time>,
     started: bool,
@@ -276,6 +331,7 @@ impl Client {
             })
             .collect();
         Client {
+            answers: Reassembly::answers(config.max_errands),
             config,
             rng: StdRng::from_seed(seed),
             keys,
@@ -286,6 +342,10 @@ impl Client {
             acks: VecDeque::new(),
             pending: HashMap::new(),
             surbs: HashMap::new(),
+            errands: HashMap::new(),
+            errand_queue: VecDeque::new(),
+            errand_packets: VecDeque::new(),
+            errand_surbs: HashMap::new(),
             seen: Seen {
                 order: VecDeque::new(),
                 set: HashSet::new(),
@@ -422,6 +482,208 @@ impl Client {
         Ok(id)
     }
 
+    /// Queues an errand: a DHT lookup or publication that a provider picked
+    /// at random carries out for this client, reached through the mixnet
+    /// and answering through SURBs (see [`crate::service`]). Its packets
+    /// leave in the payload stream like messages; the answer comes out of
+    /// [`Client::poll_event`] as [`ClientEvent::Answered`], or
+    /// [`ClientEvent::ErrandFailed`] when no exit answered.
+    pub fn errand(&mut self, _now: Time, errand: Errand) -> Result<ErrandId, MixnetError> {
+        if self.errands.len() >= self.config.max_errands {
+            return Err(MixnetError::QueueFull(self.errands.len()));
+        }
+        // Refused now rather than when it is its turn to leave.
+        let probe = service::encode_errand(&[0; 16], &errand, &[]);
+        if let Err(e @ MixnetError::Decoding(_)) = probe {
+            return Err(e);
+        }
+        let mut id = [0u8; 16];
+        self.rng.fill_bytes(&mut id);
+        let answer_surbs = errand.answer_surbs();
+        self.errands.insert(
+            id,
+            PendingErrand {
+                errand,
+                answer_surbs,
+                attempts: 0,
+                retry_at: None,
+                surbs: Vec::new(),
+                exits_tried: Vec::new(),
+            },
+        );
+        self.errand_queue.push_back(id);
+        Ok(id)
+    }
+
+    /// Errands not answered yet.
+    pub fn errands_pending(&self) -> usize {
+        self.errands.len()
+    }
+
+    /// Builds every packet of an errand (all to one exit) and queues them.
+    fn build_errand(&mut self, now: Time, id: ErrandId) -> Result<(), MixnetError> {
+        let Some(p) = self.errands.get(&id) else {
+            return Ok(());
+        };
+        let errand = p.errand.clone();
+        let answer_surbs = p.answer_surbs;
+        let tried = p.exits_tried.clone();
+        let directory = self
+            .directory(now)
+            .ok_or_else(|| MixnetError::NoRoute("no directory for this epoch".into()))?;
+        // The exit: a provider that is not ours (ours know our address),
+        // not known down, not tried yet for this errand; failing that, the
+        // least bad.
+        let own: HashSet<NodeId> = self.mailboxes.iter().map(|m| m.provider).collect();
+        let preferences: [&dyn Fn(&DirNode) -> bool; 3] = [
+            &|n| !own.contains(&n.id) && !self.down.contains(&n.id) && !tried.contains(&n.id),
+            &|n| !own.contains(&n.id) && !self.down.contains(&n.id),
+            &|n| !self.down.contains(&n.id),
+        ];
+        let candidates = preferences
+            .iter()
+            .map(|keep| {
+                directory
+                    .providers
+                    .iter()
+                    .filter(|n| keep(n))
+                    .collect::<Vec<_>>()
+            })
+            .find(|c| !c.is_empty())
+            .ok_or_else(|| MixnetError::NoRoute("no provider to carry out an errand".into()))?;
+        let exit = candidates[self.rng.random_range(0..candidates.len())];
+        let reply_provider = self
+            .own_provider(&directory)
+            .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
+        let reply_mailbox = self
+            .mailboxes
+            .iter()
+            .find(|m| m.provider == reply_provider.id)
+            .map(|m| m.id)
+            .ok_or_else(|| MixnetError::NoRoute("own mailbox missing".into()))?;
+        let mean = self.config.params.rates.mean_delay_ms;
+        let mut surbs = Vec::with_capacity(answer_surbs);
+        let mut secrets = Vec::with_capacity(answer_surbs);
+        for _ in 0..answer_surbs {
+            let route =
+                directory.route_avoiding(&mut self.rng, exit, reply_provider, mean, &self.down)?;
+            let (surb, secret) = build_surb(&mut self.rng, directory.epoch, &route, reply_mailbox)?;
+            surbs.push(surb);
+            secrets.push(secret);
+        }
+        let messages = service::encode_errand(&id, &errand, &surbs)?;
+        let mut packets = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let entry = self
+                .own_provider(&directory)
+                .ok_or_else(|| MixnetError::NoRoute("no live provider".into()))?;
+            let route = directory.route_avoiding(&mut self.rng, entry, exit, mean, &self.down)?;
+            let packet = build_packet(
+                &mut self.rng,
+                directory.epoch,
+                &route,
+                SERVICE_MAILBOX,
+                &message[..],
+            )?;
+            packets.push((route[0].node, packet));
+        }
+        let exit = exit.id;
+        let ids: Vec<SurbId> = secrets.iter().map(SurbSecrets::id).collect();
+        for secret in secrets {
+            self.errand_surbs.insert(secret.id(), (secret, id));
+        }
+        self.errand_packets.extend(packets);
+        if let Some(p) = self.errands.get_mut(&id) {
+            if p.attempts > 0 {
+                self.stats.errands_retried += 1;
+            }
+            p.attempts += 1;
+            p.surbs.extend(ids);
+            p.exits_tried.push(exit);
+            p.retry_at = Some(now + self.config.errand_timeout * p.attempts);
+        }
+        Ok(())
+    }
+
+    fn errand_retries(&mut self, now: Time) {
+        let due: Vec<ErrandId> = self
+            .errands
+            .iter()
+            .filter(|(_, e)| e.retry_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(e) = self.errands.get_mut(&id) else {
+                continue;
+            };
+            e.retry_at = None;
+            if e.attempts >= self.config.errand_attempts {
+                self.end_errand(&id);
+                self.stats.errands_failed += 1;
+                self.events.push_back(ClientEvent::ErrandFailed { id });
+            } else {
+                self.errand_queue.push_back(id);
+            }
+        }
+    }
+
+    fn end_errand(&mut self, id: &ErrandId) {
+        if let Some(e) = self.errands.remove(id) {
+            for s in e.surbs {
+                self.errand_surbs.remove(&s);
+            }
+        }
+        self.answers.forget(id);
+    }
+
+    fn handle_errand_reply(
+        &mut self,
+        now: Time,
+        secrets: &SurbSecrets,
+        id: ErrandId,
+        surb_id: SurbId,
+        payload: &[u8; chainmail_packet::PAYLOAD_SIZE],
+    ) {
+        let Ok(reply) = secrets.open(surb_id, payload) else {
+            self.stats.undecryptable += 1;
+            return;
+        };
+        let (answered, bytes) = match self.answers.add(now, &reply[..]) {
+            Ok(Assembled::Complete(answered, bytes)) => (answered, bytes),
+            Ok(_) => return,
+            Err(_) => {
+                self.stats.undecryptable += 1;
+                return;
+            }
+        };
+        if answered != id {
+            self.stats.undecryptable += 1;
+            return;
+        }
+        let Ok(answer) = service::decode_answer(&bytes) else {
+            self.stats.undecryptable += 1;
+            return;
+        };
+        if let Answer::TooLarge { size } = answer {
+            let needed = service::surbs_for(size as usize);
+            if let Some(e) = self.errands.get_mut(&id)
+                && needed > e.answer_surbs
+                && needed <= MAX_ANSWER_SURBS
+            {
+                // Ask again, with room for the whole answer.
+                e.answer_surbs = needed;
+                e.retry_at = None;
+                e.attempts = e.attempts.saturating_sub(1);
+                self.errand_queue.push_back(id);
+                return;
+            }
+        }
+        if self.errands.contains_key(&id) {
+            self.end_errand(&id);
+            self.events.push_back(ClientEvent::Answered { id, answer });
+        }
+    }
+
     /// Advances time: the three Poisson streams, retransmissions, fetches.
     pub fn handle_timeout(&mut self, now: Time) {
         let rates = self.config.params.rates;
@@ -441,6 +703,7 @@ impl Client {
             self.payload_tick(now);
         }
         self.retransmit(now);
+        self.errand_retries(now);
         self.schedule_fetches(now);
     }
 
@@ -499,6 +762,9 @@ impl Client {
             .acks
             .front()
             .is_some_and(|a| now.saturating_since(a.queued) >= ACK_MAX_WAIT);
+        if !ack_overdue && let Some(packet) = self.next_errand_packet(now) {
+            return Some(packet);
+        }
         if (ack_overdue || self.queue.is_empty())
             && let Some(a) = self.acks.pop_front()
         {
@@ -510,6 +776,27 @@ impl Client {
         self.queue.pop_front().map(Outgoing::Message)
     }
 
+    /// Errands go before messages: a lookup is what a contact request
+    /// waits for.
+    fn next_errand_packet(&mut self, now: Time) -> Option<Outgoing> {
+        if self.errand_packets.is_empty()
+            && let Some(id) = self.errand_queue.pop_front()
+            && let Err(e) = self.build_errand(now, id)
+        {
+            // No route now: try again at a later tick.
+            if !matches!(e, MixnetError::NoRoute(_)) {
+                self.end_errand(&id);
+                self.stats.errands_failed += 1;
+                self.events.push_back(ClientEvent::ErrandFailed { id });
+            } else {
+                self.errand_queue.push_front(id);
+            }
+        }
+        self.errand_packets
+            .pop_front()
+            .map(|(first_hop, packet)| Outgoing::Errand { first_hop, packet })
+    }
+
     /// One tick of the payload or drop stream sends exactly one packet: the
     /// next queued one, or drop cover.
     fn payload_tick(&mut self, now: Time) {
@@ -517,6 +804,10 @@ impl Client {
             None => self.send_drop(now),
             Some(Outgoing::Ack { first_hop, packet }) => {
                 self.stats.acks_sent += 1;
+                self.outbox.push_back((first_hop, packet));
+            }
+            Some(Outgoing::Errand { first_hop, packet }) => {
+                self.stats.errand_packets_sent += 1;
                 self.outbox.push_back((first_hop, packet));
             }
             Some(Outgoing::Message(id)) => {
@@ -808,6 +1099,13 @@ impl Client {
                 }
                 if let Some(surb) = surb {
                     let first_hop = surb.first_hop();
+                    // An honest sender's SURB starts at the provider the
+                    // message came through, one of ours. Sending anywhere
+                    // else would connect us to a node the sender chose.
+                    if !self.mailboxes.iter().any(|m| m.provider == first_hop) {
+                        self.stats.foreign_surbs += 1;
+                        return;
+                    }
                     if let Ok(packet) = surb.into_reply(&message::encode_ack(&id)) {
                         // Bounded: under a flood the oldest acknowledgement
                         // goes, and its sender sends again.
@@ -840,6 +1138,9 @@ impl Client {
         surb_id: SurbId,
         payload: &[u8; chainmail_packet::PAYLOAD_SIZE],
     ) {
+        if let Some((secrets, errand)) = self.errand_surbs.remove(&surb_id) {
+            return self.handle_errand_reply(now, &secrets, errand, surb_id, payload);
+        }
         let Some((secrets, _)) = self.surbs.remove(&surb_id) else {
             return;
         };
@@ -864,7 +1165,12 @@ impl Client {
 
     /// When to call [`Client::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let retry = self.pending.values().filter_map(|p| p.retry_at).min();
+        let retry = self
+            .pending
+            .values()
+            .filter_map(|p| p.retry_at)
+            .chain(self.errands.values().filter_map(|e| e.retry_at))
+            .min();
         let fetch = self.mailboxes.iter().filter_map(|m| m.retry_fetch_at).min();
         let fetch_now = self
             .mailboxes
@@ -888,7 +1194,9 @@ impl Client {
     }
 
     /// The next packet to send: (first hop, packet). The first hop is always
-    /// one of this client's providers.
+    /// one of this client's providers: messages, cover and errands enter
+    /// the mixnet there, and acknowledgements leave through SURBs that
+    /// start there (others are refused).
     pub fn poll_transmit(&mut self) -> Option<(NodeId, Packet)> {
         self.outbox.pop_front()
     }

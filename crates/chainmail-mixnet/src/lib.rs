@@ -14,6 +14,7 @@ pub mod message;
 pub mod node;
 mod params;
 mod replay;
+pub mod service;
 mod time;
 
 pub use client::{Client, ClientConfig, ClientEvent, ClientKeys, ClientStats};
@@ -25,4 +26,5 @@ pub use mailbox::{MailboxStore, MemoryMailboxes};
 pub use node::{DropReason, Node, NodeConfig, NodeEvent, NodeStats, Transmit};
 pub use params::{Params, Preset, TrafficRates};
 pub use replay::ReplayFilter;
+pub use service::{Answer, Errand, ErrandId};
 pub use time::Time;

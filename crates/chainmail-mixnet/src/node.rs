@@ -26,6 +26,7 @@ use crate::message::{
     DISCARD_MAILBOX, FetchRequest, FetchResponse, MAX_FETCH_ITEMS, MAX_FETCH_WAIT_MS, MailboxItem,
     mix_loop_mailbox,
 };
+use crate::service::{self, Answer, Assembled, Errand, ErrandId, Reassembly, SERVICE_MAILBOX};
 use crate::{
     EpochDirectory, KeyRing, NodeDescriptor, Params, ReplayFilter, Roles, Rotation, Time,
     exponential_ms,
@@ -46,6 +47,9 @@ pub struct NodeConfig {
     pub max_queued: usize,
     /// Most fetch requests waiting for mail at once.
     pub max_parked_fetches: usize,
+    /// Most errands (DHT lookups and publications for clients) being
+    /// assembled or carried out at once.
+    pub max_errands: usize,
 }
 
 impl NodeConfig {
@@ -61,6 +65,7 @@ impl NodeConfig {
             replay_capacity: 4_000_000,
             max_queued: 200_000,
             max_parked_fetches: 10_000,
+            max_errands: 256,
         }
     }
 }
@@ -82,6 +87,15 @@ pub enum NodeEvent {
     KeysRotated(Rotation),
     /// A mix loop came back after this round trip.
     LoopReturned(Duration),
+    /// A client asks this provider to carry out an errand (a DHT lookup or
+    /// publication) for it; answer with [`Node::handle_errand_answer`] and
+    /// the same `token`. The node knows nothing of who asked.
+    Errand {
+        /// Names the errand in the answer.
+        token: u64,
+        /// What to do.
+        errand: Errand,
+    },
 }
 
 /// Why a packet was dropped; each is a counter in [`NodeStats`].
@@ -103,6 +117,10 @@ pub enum DropReason {
     NotProvider,
     /// The mailbox store failed.
     Store,
+    /// A malformed errand, or one whose answer route does not start here.
+    Errand,
+    /// Too many errands in flight.
+    ErrandsBusy,
 }
 
 impl DropReason {
@@ -117,6 +135,8 @@ impl DropReason {
             DropReason::Quota => "quota",
             DropReason::NotProvider => "not_provider",
             DropReason::Store => "store",
+            DropReason::Errand => "errand",
+            DropReason::ErrandsBusy => "errands_busy",
         }
     }
 }
@@ -142,6 +162,10 @@ pub struct NodeStats {
     pub fetches_served: u64,
     /// Fetches refused.
     pub fetches_refused: u64,
+    /// Errands handed to the driver.
+    pub errands: u64,
+    /// Errands answered (packets sent back through the client's SURBs).
+    pub errands_answered: u64,
     /// Per-hop delays applied, sum in ms and count (mean = sum / count).
     pub delay_sum_ms: u64,
     /// Number of delays applied.
@@ -155,6 +179,15 @@ struct Queued {
     at: Time,
     seq: u64,
 }
+
+struct PendingErrand {
+    id: ErrandId,
+    surbs: Vec<chainmail_packet::Surb>,
+    received: Time,
+}
+
+/// How long the driver has to answer an errand.
+const ERRAND_DEADLINE: Duration = Duration::from_secs(90);
 
 struct Parked {
     request: u64,
@@ -184,6 +217,9 @@ pub struct Node<S: MailboxStore> {
     responses: VecDeque<(u64, Vec<u8>)>,
     events: VecDeque<NodeEvent>,
     next_maintenance: Time,
+    errand_parts: Reassembly,
+    errands: HashMap<u64, PendingErrand>,
+    next_errand: u64,
     stats: NodeStats,
 }
 
@@ -198,6 +234,7 @@ impl<S: MailboxStore> Node<S> {
     /// [`Node::handle_timeout`] once to generate missing keys.
     pub fn new(config: NodeConfig, identity: SigningKey, store: S, seed: [u8; 32]) -> Self {
         let id = NodeId(identity.verifying_key().to_bytes());
+        let max_errands = config.max_errands;
         Node {
             config,
             identity,
@@ -218,6 +255,9 @@ impl<S: MailboxStore> Node<S> {
             responses: VecDeque::new(),
             events: VecDeque::new(),
             next_maintenance: Time(0),
+            errand_parts: Reassembly::errands(max_errands),
+            errands: HashMap::new(),
+            next_errand: 0,
             stats: NodeStats::default(),
         }
     }
@@ -338,6 +378,8 @@ impl<S: MailboxStore> Node<S> {
             } => {
                 if mailbox == DISCARD_MAILBOX {
                     self.stats.drop_cover_discarded += 1;
+                } else if mailbox == SERVICE_MAILBOX {
+                    self.errand_fragment(now, &message[..]);
                 } else if mailbox == mix_loop_mailbox(&self.id) {
                     self.loop_returned(now, &message[..16]);
                 } else {
@@ -353,6 +395,78 @@ impl<S: MailboxStore> Node<S> {
                 self.deliver(now, mailbox, MailboxItem::Reply { surb_id, payload });
             }
             _ => self.drop(DropReason::Malformed),
+        }
+    }
+
+    fn errand_fragment(&mut self, now: Time, message: &[u8]) {
+        if !self.config.roles.provider {
+            return self.drop(DropReason::NotProvider);
+        }
+        let (id, bytes) = match self.errand_parts.add(now, message) {
+            Ok(Assembled::Complete(id, bytes)) => (id, bytes),
+            Ok(Assembled::Incomplete) => return,
+            Ok(Assembled::Full) => return self.drop(DropReason::ErrandsBusy),
+            Err(_) => return self.drop(DropReason::Errand),
+        };
+        let Ok((errand, surbs)) = service::decode_errand(&bytes) else {
+            return self.drop(DropReason::Errand);
+        };
+        // The answer leaves from here: a SURB that starts anywhere else
+        // would make this node send packets where a stranger chose.
+        if surbs.iter().any(|s| s.first_hop() != self.id) {
+            return self.drop(DropReason::Errand);
+        }
+        self.expire_errands(now);
+        if self.errands.len() >= self.config.max_errands {
+            return self.drop(DropReason::ErrandsBusy);
+        }
+        let token = self.next_errand;
+        self.next_errand += 1;
+        self.errands.insert(
+            token,
+            PendingErrand {
+                id,
+                surbs,
+                received: now,
+            },
+        );
+        self.stats.errands += 1;
+        self.events.push_back(NodeEvent::Errand { token, errand });
+    }
+
+    fn expire_errands(&mut self, now: Time) {
+        self.errands
+            .retain(|_, e| now.saturating_since(e.received) < ERRAND_DEADLINE);
+        self.errand_parts.expire(now);
+    }
+
+    /// Answers the errand `token` (from [`NodeEvent::Errand`]): the answer
+    /// goes back through the client's SURBs, on its way through the mixes
+    /// like any packet. An answer too large for the SURBs becomes
+    /// [`Answer::TooLarge`], and the client asks again with room enough.
+    /// Unknown or expired tokens are ignored.
+    pub fn handle_errand_answer(&mut self, now: Time, token: u64, answer: Answer) {
+        let Some(pending) = self.errands.remove(&token) else {
+            return;
+        };
+        let size = service::answer_size(&answer);
+        let answer = if service::surbs_for(size) > pending.surbs.len() {
+            Answer::TooLarge {
+                size: u32::try_from(size).unwrap_or(u32::MAX),
+            }
+        } else {
+            answer
+        };
+        let Ok(messages) = service::encode_answer(&pending.id, &answer) else {
+            return;
+        };
+        self.stats.errands_answered += 1;
+        for (surb, message) in pending.surbs.into_iter().zip(messages) {
+            if let Ok(packet) = surb.into_reply(&message[..]) {
+                // The SURB's first hop is this node: process it as if it
+                // had arrived, which sends it on after its delay.
+                self.handle_packet(now, packet.as_bytes());
+            }
         }
     }
 
@@ -523,6 +637,7 @@ impl<S: MailboxStore> Node<S> {
         }
         let horizon = now - Duration::from_secs(600);
         self.loops.retain(|_, sent| *sent > horizon);
+        self.expire_errands(now);
     }
 
     fn mix_loops(&mut self, now: Time) {

@@ -90,6 +90,13 @@ impl NodeBehaviour {
         kad_config
             .set_query_timeout(timeouts.kad_query)
             .set_max_packet_size(limits.max_record_size + KAD_OVERHEAD);
+        if !config.dht {
+            // Nothing enters the routing table, so no bootstrap (periodic
+            // or on a new peer) ever dials anyone.
+            kad_config
+                .set_kbucket_inserts(kad::BucketInserts::Manual)
+                .set_periodic_bootstrap_interval(None);
+        }
         let store = kad::store::MemoryStore::with_config(
             local_peer_id,
             kad::store::MemoryStoreConfig {

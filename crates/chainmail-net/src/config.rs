@@ -229,6 +229,13 @@ pub struct NetConfig {
     /// reachable by others (mixes, providers) should; clients behind NAT
     /// should not. Default true.
     pub kad_server: bool,
+    /// Whether this node takes part in the DHT at all. A client-only node
+    /// whose lookups and publications travel through the mixnet (errands,
+    /// carried out by a provider) turns it off: it then never bootstraps,
+    /// keeps its routing table empty and so never dials a DHT node it did
+    /// not choose; `get_record` and `put_record` fail with
+    /// [`NetError::DhtDisabled`](crate::NetError::DhtDisabled). Default true.
+    pub dht: bool,
     /// Time limits.
     pub timeouts: Timeouts,
 }
@@ -252,6 +259,7 @@ impl NetConfig {
             bootstrap: Vec::new(),
             limits: Limits::default(),
             kad_server: true,
+            dht: true,
             timeouts: Timeouts::default(),
         }
     }

@@ -116,13 +116,15 @@ impl Net {
             let Some(Protocol::P2p(peer)) = base.pop() else {
                 return Err(NetError::BootstrapWithoutPeerId(addr.clone()));
             };
-            swarm.behaviour_mut().kad.add_address(&peer, base.clone());
+            if config.dht {
+                swarm.behaviour_mut().kad.add_address(&peer, base.clone());
+            }
             swarm.add_peer_address(peer, base);
             if let Err(error) = swarm.dial(addr.clone()) {
                 tracing::warn!(%error, "cannot dial a bootstrap peer");
             }
         }
-        if !config.bootstrap.is_empty() {
+        if config.dht && !config.bootstrap.is_empty() {
             // Cannot fail: the bootstrap peers were just added.
             let _ = swarm.behaviour_mut().kad.bootstrap();
         }
@@ -155,6 +157,7 @@ impl Net {
             counters,
             names,
             kad_protocol,
+            dht: config.dht,
             topic,
             max_gossip_size: config.limits.max_gossip_size,
             max_community_topics: config.limits.max_community_topics,
@@ -719,6 +722,8 @@ struct Driver {
     counters: Arc<Counters>,
     names: ProtocolNames,
     kad_protocol: StreamProtocol,
+    /// Whether this node takes part in the DHT ([`NetConfig::dht`]).
+    dht: bool,
     /// The descriptor topic.
     topic: gossipsub::IdentTopic,
     max_gossip_size: usize,
@@ -853,6 +858,15 @@ impl Driver {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::PutRecord { reply, .. } if !self.dht => {
+                let _ = reply.send(Err(NetError::DhtDisabled));
+            }
+            Command::GetRecord { reply, .. } if !self.dht => {
+                let _ = reply.send(Err(NetError::DhtDisabled));
+            }
+            Command::Bootstrap { reply } if !self.dht => {
+                let _ = reply.send(Err(NetError::DhtDisabled));
+            }
             Command::PutRecord { key, value, reply } => {
                 if self.pending_queries() >= self.max_pending_queries {
                     let _ = reply.send(Err(NetError::TooManyPending {
@@ -906,10 +920,12 @@ impl Driver {
                 self.pending_requests.insert(id, reply);
             }
             Command::AddPeerAddress { peer, addr } => {
-                self.swarm
-                    .behaviour_mut()
-                    .kad
-                    .add_address(&peer, addr.clone());
+                if self.dht {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
                 self.swarm.add_peer_address(peer, addr);
             }
             Command::Dial { addr, reply } => {
@@ -1107,7 +1123,7 @@ impl Driver {
             let _ = self.swarm.disconnect_peer_id(peer);
             return;
         }
-        if info.protocols.contains(&self.kad_protocol) {
+        if self.dht && info.protocols.contains(&self.kad_protocol) {
             for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }

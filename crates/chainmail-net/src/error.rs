@@ -126,6 +126,10 @@ pub enum NetError {
     /// No record was found under the key.
     #[error("no record found under this key")]
     RecordNotFound,
+    /// This node takes no part in the DHT ([`NetConfig::dht`](crate::NetConfig::dht)
+    /// is off): its lookups and publications go through the mixnet.
+    #[error("this node takes no part in the DHT (its providers carry out lookups for it)")]
+    DhtDisabled,
     /// Storing a record in the DHT failed.
     #[error("storing the record failed: {0} (it is still stored locally)")]
     PutRecordFailed(String),

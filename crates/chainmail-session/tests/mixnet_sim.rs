@@ -437,7 +437,9 @@ impl Sim {
                         self.out.mixnet_failed += 1;
                         messenger.handle_mixnet_failed(&id);
                     }
-                    ClientEvent::LoopReturned { .. } => {}
+                    ClientEvent::LoopReturned { .. }
+                    | ClientEvent::Answered { .. }
+                    | ClientEvent::ErrandFailed { .. } => {}
                 }
             }
             self.pump_messenger(u);

@@ -314,6 +314,15 @@ pub(crate) fn render_metrics(
                 ("{result=\"refused\"}".into(), s.fetches_refused),
             ],
         );
+        counter(
+            &mut out,
+            "chainmail_errands_total",
+            "DHT lookups and publications carried out for clients (as their exit).",
+            &[
+                ("{state=\"received\"}".into(), s.errands),
+                ("{state=\"answered\"}".into(), s.errands_answered),
+            ],
+        );
         let _ = writeln!(
             out,
             "# HELP chainmail_queue_depth Packets held for their delay.\n# TYPE chainmail_queue_depth gauge\nchainmail_queue_depth {queue}"
@@ -329,6 +338,7 @@ pub(crate) fn render_metrics(
                 ("{kind=\"ack\"}".into(), c.acks_sent),
                 ("{kind=\"drop\"}".into(), c.drop_sent),
                 ("{kind=\"loop\"}".into(), c.loops_sent),
+                ("{kind=\"errand\"}".into(), c.errand_packets_sent),
             ],
         );
         counter(
@@ -336,6 +346,21 @@ pub(crate) fn render_metrics(
             "chainmail_client_retransmissions_total",
             "Messages sent again.",
             &[(String::new(), c.retransmissions)],
+        );
+        counter(
+            &mut out,
+            "chainmail_client_errands_total",
+            "DHT lookups and publications sent through the mixnet to an exit provider, by outcome.",
+            &[
+                ("{outcome=\"retried\"}".into(), c.errands_retried),
+                ("{outcome=\"failed\"}".into(), c.errands_failed),
+            ],
+        );
+        counter(
+            &mut out,
+            "chainmail_client_foreign_surbs_total",
+            "Messages whose acknowledgement SURB did not start at one of our providers (not acknowledged: it would have revealed this node).",
+            &[(String::new(), c.foreign_surbs)],
         );
     }
     let d = &net.frames_dropped;

@@ -14,8 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use chainmail_mixnet::message::ClientAddress;
 use chainmail_mixnet::{
-    Client, ClientConfig, ClientEvent, ClientKeys, DescriptorSet, EpochDirectory, MailboxStore,
-    MixnetError, Node, NodeConfig, NodeEvent, Params, Roles, Time, network_hash,
+    Answer, Client, ClientConfig, ClientEvent, ClientKeys, DescriptorSet, EpochDirectory, Errand,
+    ErrandId, MailboxStore, MixnetError, Node, NodeConfig, NodeEvent, Params, Roles, Time,
+    network_hash,
 };
 use chainmail_net::{
     Multiaddr, Net, NetConfig, NetEvent, NetHandle, PeerId, ReplyHandle, peer_id_from_node_key,
@@ -233,31 +234,143 @@ enum Internal {
         result: Result<Vec<u8>, String>,
     },
     Descriptors(Vec<Vec<u8>>),
-    /// A value found for an account lookup.
-    AccountDescriptor {
-        address: chainmail_session::Address,
-        period: u64,
-        value: Vec<u8>,
-    },
-    /// An account lookup ended.
-    LookupDone(chainmail_session::Address),
     /// A stamp was minted.
     Stamp {
         job: u64,
         stamp: chainmail_session::Stamp,
     },
-    /// The network's advisory, as found in the DHT.
-    Advisory(Vec<u8>),
     /// A peer's answer to a community sync request.
     CommunitySync {
         community: chainmail_chain::Hash,
         bytes: Vec<u8>,
     },
-    /// Member nodes found in a community's rendezvous record.
-    CommunityPeers {
-        community: chainmail_chain::Hash,
-        peers: Vec<chainmail_chain::PeerEntry>,
+    /// The DHT's answer to an errand this node carries out for a client.
+    ErrandDone {
+        token: u64,
+        answer: Answer,
     },
+}
+
+/// Why the hosted client sent an errand: what to do with the answer.
+enum Purpose {
+    /// One period's descriptor of an account being looked up.
+    Lookup {
+        address: chainmail_session::Address,
+        period: u64,
+    },
+    /// A publication (account descriptor, rendezvous record, advisory):
+    /// nothing waits for it; it is published again on the next refresh.
+    Publish,
+    /// The network's advisory.
+    Advisory,
+    /// A community's rendezvous record: read, then ours merged in and
+    /// published again.
+    Rendezvous {
+        community: chainmail_chain::Hash,
+        key: chainmail_chain::Hash,
+        secret: chainmail_chain::Hash,
+        period: u64,
+        me: Option<chainmail_chain::PeerEntry>,
+    },
+}
+
+/// The hosted client's errands in flight (DHT lookups and publications
+/// that other nodes carry out through the mixnet, so that no DHT node and
+/// no record names this node).
+#[derive(Default)]
+struct Errands {
+    purposes: HashMap<ErrandId, Purpose>,
+    /// Lookups not answered yet, per account.
+    lookups: HashMap<chainmail_session::Address, usize>,
+}
+
+/// Most errands of the hosted client in flight.
+const MAX_ERRANDS: usize = 1024;
+
+impl Errands {
+    /// Hands `errand` to the client; false if it refused.
+    fn start(&mut self, now: Time, client: &mut Client, errand: Errand, purpose: Purpose) -> bool {
+        if self.purposes.len() >= MAX_ERRANDS {
+            warn!("too many DHT errands in flight; one was not sent");
+            return false;
+        }
+        match client.errand(now, errand) {
+            Ok(id) => {
+                if let Purpose::Lookup { address, .. } = &purpose {
+                    *self.lookups.entry(*address).or_default() += 1;
+                }
+                self.purposes.insert(id, purpose);
+                true
+            }
+            Err(e) => {
+                warn!(error = %e, "the mixnet client refused a DHT errand");
+                false
+            }
+        }
+    }
+
+    /// An errand ended, answered (`Some`) or not (`None`). Returns an
+    /// advisory found in the DHT, for the caller to check and apply.
+    fn finish(
+        &mut self,
+        now: Time,
+        client: &mut Client,
+        account: Option<&mut crate::account::AccountDriver>,
+        id: ErrandId,
+        answer: Option<Answer>,
+    ) -> Option<Vec<u8>> {
+        let purpose = self.purposes.remove(&id)?;
+        let found = match answer {
+            Some(Answer::Found(value)) => Some(value),
+            _ => None,
+        };
+        match purpose {
+            Purpose::Publish => {}
+            Purpose::Advisory => return found,
+            Purpose::Lookup { address, period } => {
+                let account = account?;
+                if let Some(value) = found {
+                    account
+                        .messenger
+                        .handle_descriptor(now, address, period, &value);
+                }
+                let left = self.lookups.entry(address).or_default();
+                *left = left.saturating_sub(1);
+                if *left == 0 {
+                    self.lookups.remove(&address);
+                    account.messenger.handle_lookup_done(now, address);
+                }
+            }
+            Purpose::Rendezvous {
+                community,
+                key,
+                secret,
+                period,
+                me,
+            } => {
+                let mut peers = found
+                    .and_then(|v| chainmail_chain::open_peers(&secret, period, &v).ok())
+                    .unwrap_or_default();
+                let known = peers.clone();
+                if let Some(me) = me {
+                    chainmail_chain::merge_peers(&mut peers, me);
+                    let value =
+                        chainmail_chain::seal_peers(&mut rand::rng(), &secret, period, &peers);
+                    let put = Errand::Put {
+                        key: key.to_vec(),
+                        value,
+                    };
+                    self.start(now, client, put, Purpose::Publish);
+                }
+                if !known.is_empty()
+                    && let Some(account) = account
+                {
+                    account.communities.learn_peers(community, known);
+                }
+            }
+        }
+        None
+    }
 }
 
 struct Runtime {
@@ -281,6 +394,7 @@ struct Runtime {
     replies: HashMap<u64, ReplyHandle>,
     next_request: u64,
     internal_tx: mpsc::Sender<Internal>,
+    errands: Errands,
     next_publish: Time,
     next_advisory_fetch: Time,
     event_seq: u64,
@@ -335,6 +449,10 @@ pub(crate) async fn run_node(
         })
         .collect();
     config.kad_server = opts.roles.mix || opts.roles.provider;
+    // A client-only node takes no part in the DHT: its providers carry its
+    // lookups and publications out (errands through the mixnet), so it
+    // never connects to a DHT node it did not choose.
+    config.dht = config.kad_server;
     config.timeouts.request = Duration::from_secs(40);
     config.limits.packet_rate = chainmail_net::RateLimit {
         frames_per_second: opts.peer_packet_rate,
@@ -407,6 +525,7 @@ pub(crate) async fn run_node(
         replies: HashMap::new(),
         next_request: 0,
         internal_tx,
+        errands: Errands::default(),
         next_publish: Time(0),
         next_advisory_fetch: Time(0),
         event_seq,
@@ -721,38 +840,19 @@ impl Runtime {
                     self.learn_descriptor(now, bytes);
                 }
             }
-            Internal::AccountDescriptor {
-                address,
-                period,
-                value,
-            } => {
-                if let Some(a) = &mut self.account {
-                    a.messenger.handle_descriptor(now, address, period, &value);
-                }
-            }
-            Internal::LookupDone(address) => {
-                if let Some(a) = &mut self.account {
-                    a.messenger.handle_lookup_done(now, address);
-                }
-            }
             Internal::Stamp { job, stamp } => {
                 if let Some(a) = &mut self.account {
                     a.messenger.handle_stamp(job, stamp);
                 }
             }
-            Internal::Advisory(bytes) => {
-                if let Err(e) = self.apply_advisory(&bytes) {
-                    debug!(error = %e, "advisory in the DHT refused");
+            Internal::ErrandDone { token, answer } => {
+                if let Some(node) = &mut self.node {
+                    node.handle_errand_answer(now, token, answer);
                 }
             }
             Internal::CommunitySync { community, bytes } => {
                 if let Some(a) = &mut self.account {
                     a.communities.handle_sync_response(now.0, community, &bytes);
-                }
-            }
-            Internal::CommunityPeers { community, peers } => {
-                if let Some(a) = &mut self.account {
-                    a.communities.learn_peers(community, peers);
                 }
             }
         }
@@ -787,12 +887,23 @@ impl Runtime {
                 let result = unhex(&advisory)
                     .ok_or_else(|| "the advisory must be hex".to_string())
                     .and_then(|bytes| {
-                        let sequence = self.apply_advisory(&bytes)?;
-                        let net = self.net.clone();
+                        self.client.as_ref().ok_or_else(|| {
+                            "this node has no mixnet client yet (no directory, or started \
+                             without --client): the advisory travels through the mixnet"
+                                .to_string()
+                        })?;
                         let key = chainmail_session::advisory_dht_key(&network_hash(
                             &self.opts.network.network.id,
                         ));
-                        tokio::spawn(async move { net.put_record(key.to_vec(), bytes).await });
+                        let sequence = self.apply_advisory(&bytes)?;
+                        let put = Errand::Put {
+                            key: key.to_vec(),
+                            value: bytes,
+                        };
+                        let client = self.client.as_mut().ok_or("no mixnet client")?;
+                        if !self.errands.start(now, client, put, Purpose::Publish) {
+                            return Err("the advisory could not be queued; try again".into());
+                        }
                         Ok(serde_json::json!({ "sequence": sequence }))
                     });
                 let _ = reply.send(result);
@@ -948,20 +1059,16 @@ impl Runtime {
         if self.account.is_some()
             && self.opts.network.advisory_key().is_some()
             && now >= self.next_advisory_fetch
+            && let Some(client) = &mut self.client
         {
             // Every few descriptor refreshes: an advisory is news for
             // minutes, not seconds.
             self.next_advisory_fetch =
                 now + (self.opts.descriptor_refresh * 4).max(Duration::from_secs(20));
-            let net = self.net.clone();
-            let tx = self.internal_tx.clone();
             let key =
                 chainmail_session::advisory_dht_key(&network_hash(&self.opts.network.network.id));
-            tokio::spawn(async move {
-                if let Ok(bytes) = net.get_record(key.to_vec()).await {
-                    let _ = tx.send(Internal::Advisory(bytes)).await;
-                }
-            });
+            let get = Errand::Get { key: key.to_vec() };
+            self.errands.start(now, client, get, Purpose::Advisory);
         }
         if now >= self.next_publish {
             self.next_publish = now + self.opts.descriptor_refresh;
@@ -977,7 +1084,44 @@ impl Runtime {
         }
         self.directory_epoch = Some(epoch);
         self.descriptors.prune(now);
+        let next = Epoch(epoch.0 + 1);
+        let current = Arc::new(self.descriptors.epoch_directory(epoch, &self.params, now));
+        let upcoming = Arc::new(self.descriptors.epoch_directory(next, &self.params, now));
+        self.ensure_client(&current)?;
+        self.connect_to_directory();
+        for d in [&current, &upcoming] {
+            if let Some(node) = &mut self.node {
+                node.set_directory(d.clone());
+            }
+            if let Some(client) = &mut self.client {
+                client.set_directory(d.clone());
+            }
+        }
+        self.current_directory = Some(current);
+        Ok(())
+    }
+
+    /// Connects to the nodes packets go to. A mix or provider keeps a
+    /// connection to every node of the directory (the packet protocol
+    /// never dials); a client-only node only to its own providers, so that
+    /// no other node ever sees its address.
+    fn connect_to_directory(&mut self) {
+        let only: Option<std::collections::HashSet<NodeId>> =
+            if self.opts.roles.mix || self.opts.roles.provider {
+                None
+            } else {
+                Some(match &self.client {
+                    Some(client) => client.address().mailboxes.iter().map(|(p, _)| *p).collect(),
+                    None => self.opts.providers.iter().copied().collect(),
+                })
+            };
         for (descriptor, _) in self.descriptors.signed() {
+            if only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&descriptor.node))
+            {
+                continue;
+            }
             if descriptor.node != self.id
                 && self.known_addresses.get(&descriptor.node) != Some(&descriptor.addresses)
             {
@@ -990,8 +1134,6 @@ impl Runtime {
                         .filter_map(|a| a.parse::<Multiaddr>().ok())
                         .collect();
                     let net = self.net.clone();
-                    // The packet protocol never dials: keep a connection to
-                    // every node of the directory.
                     tokio::spawn(async move {
                         for addr in addrs {
                             let _ = net.add_peer_address(peer, addr).await;
@@ -1001,20 +1143,6 @@ impl Runtime {
                 }
             }
         }
-        let next = Epoch(epoch.0 + 1);
-        let current = Arc::new(self.descriptors.epoch_directory(epoch, &self.params, now));
-        let upcoming = Arc::new(self.descriptors.epoch_directory(next, &self.params, now));
-        self.ensure_client(&current)?;
-        for d in [&current, &upcoming] {
-            if let Some(node) = &mut self.node {
-                node.set_directory(d.clone());
-            }
-            if let Some(client) = &mut self.client {
-                client.set_directory(d.clone());
-            }
-        }
-        self.current_directory = Some(current);
-        Ok(())
     }
 
     async fn publish_descriptor(&mut self, now: Time) {
@@ -1072,6 +1200,9 @@ impl Runtime {
                         self.next_publish = now;
                     }
                     NodeEvent::LoopReturned(_) => {}
+                    NodeEvent::Errand { token, errand } => {
+                        carry_out_errand(&self.net, &self.internal_tx, token, errand)
+                    }
                 }
             }
             while let Some(t) = node.poll_transmit() {
@@ -1090,8 +1221,21 @@ impl Runtime {
                 }
             }
         }
+        let mut advisories = Vec::new();
         if let Some(client) = &mut self.client {
             while let Some(event) = client.poll_event() {
+                let ended = match &event {
+                    ClientEvent::Answered { id, answer } => Some((*id, Some(answer.clone()))),
+                    ClientEvent::ErrandFailed { id } => Some((*id, None)),
+                    _ => None,
+                };
+                if let Some((id, answer)) = ended {
+                    let account = self.account.as_mut();
+                    if let Some(found) = self.errands.finish(now, client, account, id, answer) {
+                        advisories.push(found);
+                    }
+                    continue;
+                }
                 // Session traffic goes to the account; the rest (raw sends)
                 // to the event log.
                 if let Some(account) = &mut self.account {
@@ -1123,10 +1267,24 @@ impl Runtime {
                 // next batch; a restart hands undelivered fragments out again.
                 account.persist(now).context("storing the account")?;
                 while let Some(action) = account.messenger.poll_action() {
-                    run_account_action(now, &self.net, &self.internal_tx, client, account, action);
+                    run_account_action(
+                        now,
+                        &self.internal_tx,
+                        client,
+                        account,
+                        &mut self.errands,
+                        action,
+                    );
                 }
                 while let Some(action) = account.communities.poll_action() {
-                    run_community_action(&self.net, &self.internal_tx, action);
+                    run_community_action(
+                        now,
+                        &self.net,
+                        &self.internal_tx,
+                        client,
+                        &mut self.errands,
+                        action,
+                    );
                 }
             }
             // With the messages stored, the cursors move: the next fetch
@@ -1168,6 +1326,11 @@ impl Runtime {
                 }
             }
         }
+        for bytes in advisories {
+            if let Err(e) = self.apply_advisory(&bytes) {
+                debug!(error = %e, "advisory in the DHT refused");
+            }
+        }
         // The node's answers to the hosted client's fetches, and packets the
         // client entered through this node itself.
         for (_, bytes) in local_fetches {
@@ -1188,13 +1351,38 @@ impl Runtime {
     }
 }
 
+/// Carries out an errand for a client: the DHT operation it asks for,
+/// published and looked up under this node's name; the answer goes back
+/// through the client's SURBs.
+fn carry_out_errand(net: &NetHandle, tx: &mpsc::Sender<Internal>, token: u64, errand: Errand) {
+    let net = net.clone();
+    let tx = tx.clone();
+    // Bounded: the node core holds at most `max_errands` unanswered.
+    tokio::spawn(async move {
+        let answer = match errand {
+            Errand::Get { key } => match net.get_record(key).await {
+                Ok(value) => Answer::Found(value),
+                Err(_) => Answer::NotFound,
+            },
+            Errand::Put { key, value } => match net.put_record(key, value).await {
+                Ok(()) => Answer::Stored,
+                Err(e) => {
+                    debug!(error = %e, "an errand's record was not stored");
+                    Answer::NotStored
+                }
+            },
+        };
+        let _ = tx.send(Internal::ErrandDone { token, answer }).await;
+    });
+}
+
 /// Carries out one action of the messenger core.
 fn run_account_action(
     now: Time,
-    net: &NetHandle,
     internal: &mpsc::Sender<Internal>,
     client: &mut Client,
     account: &mut crate::account::AccountDriver,
+    errands: &mut Errands,
     action: chainmail_session::Action,
 ) {
     use chainmail_session::Action;
@@ -1221,31 +1409,26 @@ fn run_account_action(
                 debug!(error = %e, "the mixnet client refused a receipt");
             }
         }
+        // Publications and lookups travel through the mixnet to a provider
+        // that carries them out: no DHT node learns this node.
         Action::Publish { key, value, .. } => {
-            let net = net.clone();
-            tokio::spawn(async move {
-                if let Err(e) = net.put_record(key.to_vec(), value).await {
-                    debug!(error = %e, "account descriptor not stored in the DHT");
-                }
-            });
+            let put = Errand::Put {
+                key: key.to_vec(),
+                value,
+            };
+            errands.start(now, client, put, Purpose::Publish);
         }
         Action::Lookup { address, keys } => {
-            let net = net.clone();
-            let tx = internal.clone();
-            tokio::spawn(async move {
-                for (period, key) in keys {
-                    if let Ok(value) = net.get_record(key.to_vec()).await {
-                        let _ = tx
-                            .send(Internal::AccountDescriptor {
-                                address,
-                                period,
-                                value,
-                            })
-                            .await;
-                    }
+            let mut started = 0;
+            for (period, key) in keys {
+                let get = Errand::Get { key: key.to_vec() };
+                if errands.start(now, client, get, Purpose::Lookup { address, period }) {
+                    started += 1;
                 }
-                let _ = tx.send(Internal::LookupDone(address)).await;
-            });
+            }
+            if started == 0 {
+                account.messenger.handle_lookup_done(now, address);
+            }
         }
         Action::MintStamp {
             job,
@@ -1288,7 +1471,9 @@ fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
             ("delivered", id, None, Some(after.as_millis() as u64))
         }
         ClientEvent::Failed { id } => ("failed", id, None, None),
-        ClientEvent::LoopReturned { .. } => return None,
+        ClientEvent::LoopReturned { .. }
+        | ClientEvent::Answered { .. }
+        | ClientEvent::ErrandFailed { .. } => return None,
     };
     Some(LoggedEvent {
         seq,
@@ -1326,8 +1511,11 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Carries out what the communities need from the network.
 fn run_community_action(
+    now: Time,
     net: &NetHandle,
     tx: &mpsc::Sender<Internal>,
+    client: &mut Client,
+    errands: &mut Errands,
     action: crate::community::NetAction,
 ) {
     use crate::community::NetAction;
@@ -1391,29 +1579,17 @@ fn run_community_action(
             period,
             me,
         } => {
-            tokio::spawn(async move {
-                let mut peers = match net.get_record(key.to_vec()).await {
-                    Ok(value) => {
-                        chainmail_chain::open_peers(&secret, period, &value).unwrap_or_default()
-                    }
-                    Err(_) => Vec::new(),
-                };
-                let found = peers.clone();
-                if let Some(me) = me {
-                    chainmail_chain::merge_peers(&mut peers, me);
-                    let value =
-                        chainmail_chain::seal_peers(&mut rand::rng(), &secret, period, &peers);
-                    let _ = net.put_record(key.to_vec(), value).await;
-                }
-                if !found.is_empty() {
-                    let _ = tx
-                        .send(Internal::CommunityPeers {
-                            community,
-                            peers: found,
-                        })
-                        .await;
-                }
-            });
+            // Read through the mixnet; ours is merged in and published
+            // again when the answer comes (`Errands::finish`).
+            let get = Errand::Get { key: key.to_vec() };
+            let purpose = Purpose::Rendezvous {
+                community,
+                key,
+                secret,
+                period,
+                me,
+            };
+            errands.start(now, client, get, purpose);
         }
     }
 }

@@ -484,6 +484,19 @@ fn accounts_request_accept_deny_and_talk() {
     let text = text.replace("[accounts]\n", &format!("[accounts]\n{key_line}\n"));
     assert!(text.contains("advisory_key"), "{text}");
     std::fs::write(&network, text).unwrap();
+    // A stranger runs a node of its own: a mix, a provider and a DHT
+    // server (in a network this small, near every key), with an account.
+    let stranger = root.join("stranger");
+    init_account(&network, &stranger, "stranger", &[]);
+    start_node(
+        &mut procs,
+        &network,
+        &stranger,
+        &["--roles", "mix,provider", "--client"],
+    );
+    wait_for("the stranger's client", Duration::from_secs(90), || {
+        status(&stranger).and_then(|s| s["address"].as_str().map(String::from))
+    });
     let mut addresses = HashMap::new();
     for (name, a, b) in [("alice", 0, 1), ("bob", 2, 3), ("carol", 4, 5)] {
         let dir = root.join(name);
@@ -690,6 +703,76 @@ fn accounts_request_accept_deny_and_talk() {
     );
     let list = cli_json(&["contact", "list", "--data-dir", &d(&alice)]);
     assert_eq!(list[0]["unsafe_version"], true);
+
+    // The stranger, who knows bob's address, sends a request; bob gets it,
+    // accepts and answers, and the stranger's node never learns his.
+    cli_ok(&[
+        "contact",
+        "add",
+        &addresses["bob"],
+        "--name",
+        "bob",
+        "--message",
+        "hello bob, we have not met",
+        "--data-dir",
+        &d(&stranger),
+    ]);
+    wait_for("the stranger's request", Duration::from_secs(120), || {
+        inbox(&bob, "request")
+            .into_iter()
+            .find(|r| r["text"] == "hello bob, we have not met")
+            .and_then(|r| r["name"].as_str().map(String::from))
+    });
+    let stranger_name = inbox(&bob, "request")
+        .into_iter()
+        .find(|r| r["text"] == "hello bob, we have not met")
+        .and_then(|r| r["name"].as_str().map(String::from))
+        .unwrap();
+    cli_ok(&["contact", "accept", &stranger_name, "--data-dir", &d(&bob)]);
+    wait_for("bob accepted", Duration::from_secs(120), || {
+        (contact_state(&stranger, "bob").as_deref() == Some("accepted")).then_some(())
+    });
+    cli_ok(&[
+        "send",
+        &stranger_name,
+        "who are you?",
+        "--data-dir",
+        &d(&bob),
+    ]);
+    wait_for("bob's answer", Duration::from_secs(120), || {
+        texts(&stranger)
+            .contains(&"who are you?".to_string())
+            .then_some(())
+    });
+
+    // Who saw whom. The users' nodes are client-only: they connect to
+    // their providers and the bootstrap nodes (the first three of the
+    // testnet) and to nobody else; the stranger's node, a DHT server that
+    // stored bob's descriptors and carried errands out, never saw a
+    // connection from any of them.
+    let peers_seen = |dir: &Path| -> Vec<String> {
+        serde_json::from_value(status(dir).unwrap()["peers_seen"].clone()).unwrap()
+    };
+    let testnet_peer = |i: usize| peer_id(&nodes[i].1);
+    let stranger_seen = peers_seen(&stranger);
+    for (name, providers) in [("alice", [0, 1]), ("bob", [2, 3]), ("carol", [4, 5])] {
+        let dir = root.join(name);
+        let me = peer_id(&dir);
+        assert!(
+            !stranger_seen.contains(&me),
+            "the stranger's node saw {name}'s node"
+        );
+        let mut allowed: Vec<String> = [0, 1, 2].into_iter().map(testnet_peer).collect();
+        allowed.extend(providers.into_iter().map(testnet_peer));
+        let seen = peers_seen(&dir);
+        assert!(!seen.is_empty());
+        for peer in &seen {
+            assert!(
+                allowed.contains(peer),
+                "{name}'s node connected to {peer}, neither a provider of its own nor a bootstrap node"
+            );
+        }
+    }
 }
 
 fn init_account(network: &Path, dir: &Path, name: &str, extra: &[&str]) -> String {
