@@ -18,7 +18,10 @@
 //! first; an acknowledgement that has waited [`ACK_MAX_WAIT`] goes first,
 //! so acknowledgements are never starved into retransmissions. Delaying an
 //! acknowledgement costs nothing in privacy (it loosens the timing link
-//! between a message arriving and its acknowledgement leaving).
+//! between a message arriving and its acknowledgement leaving). Errands
+//! (DHT work an exit does for the client, see [`crate::service`]) take two
+//! lanes: lookups before messages, since a contact request waits for its
+//! lookup; publications last, since nothing waits for them.
 //!
 //! Every message carries a SURB for its acknowledgement. The SURB starts at
 //! the recipient's provider that the message went to and ends in one of the
@@ -296,8 +299,10 @@ pub struct Client {
     pending: HashMap<MessageId, Pending>,
     surbs: HashMap<SurbId, (SurbSecrets, MessageId)>,
     errands: HashMap<ErrandId, PendingErrand>,
-    errand_queue: VecDeque<ErrandId>,
-    errand_packets: VecDeque<(NodeId, Packet)>,
+    /// Errands waiting for their turn, per lane ([`LOOKUPS`], [`PUBLICATIONS`]).
+    errand_queue: [VecDeque<ErrandId>; 2],
+    /// Built errand packets, per lane.
+    errand_packets: [VecDeque<(NodeId, Packet)>; 2],
     errand_surbs: HashMap<SurbId, (SurbSecrets, ErrandId)>,
     answers: Reassembly,
     seen: Seen,
@@ -313,6 +318,20 @@ pub struct Client {
 }
 
 const MAX_SURBS: usize = 20_000;
+
+/// The lane of lookups: before messages, since a contact request waits for
+/// its lookup.
+const LOOKUPS: usize = 0;
+/// The lane of publications: after messages and acknowledgements, since
+/// nothing waits for them (they are published again on every refresh).
+const PUBLICATIONS: usize = 1;
+
+fn lane(errand: &Errand) -> usize {
+    match errand {
+        Errand::Get { .. } => LOOKUPS,
+        Errand::Put { .. } => PUBLICATIONS,
+    }
+}
 const MAX_LOOPS: usize = 1000;
 
 impl Client {
@@ -343,8 +362,8 @@ impl Client {
             pending: HashMap::new(),
             surbs: HashMap::new(),
             errands: HashMap::new(),
-            errand_queue: VecDeque::new(),
-            errand_packets: VecDeque::new(),
+            errand_queue: Default::default(),
+            errand_packets: Default::default(),
             errand_surbs: HashMap::new(),
             seen: Seen {
                 order: VecDeque::new(),
@@ -500,6 +519,7 @@ impl Client {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let answer_surbs = errand.answer_surbs();
+        let lane = lane(&errand);
         self.errands.insert(
             id,
             PendingErrand {
@@ -511,7 +531,7 @@ impl Client {
                 exits_tried: Vec::new(),
             },
         );
-        self.errand_queue.push_back(id);
+        self.errand_queue[lane].push_back(id);
         Ok(id)
     }
 
@@ -592,7 +612,7 @@ impl Client {
         for secret in secrets {
             self.errand_surbs.insert(secret.id(), (secret, id));
         }
-        self.errand_packets.extend(packets);
+        self.errand_packets[lane(&errand)].extend(packets);
         if let Some(p) = self.errands.get_mut(&id) {
             if p.attempts > 0 {
                 self.stats.errands_retried += 1;
@@ -622,7 +642,8 @@ impl Client {
                 self.stats.errands_failed += 1;
                 self.events.push_back(ClientEvent::ErrandFailed { id });
             } else {
-                self.errand_queue.push_back(id);
+                let lane = lane(&e.errand);
+                self.errand_queue[lane].push_back(id);
             }
         }
     }
@@ -674,7 +695,8 @@ impl Client {
                 e.answer_surbs = needed;
                 e.retry_at = None;
                 e.attempts = e.attempts.saturating_sub(1);
-                self.errand_queue.push_back(id);
+                let lane = lane(&e.errand);
+                self.errand_queue[lane].push_back(id);
                 return;
             }
         }
@@ -762,25 +784,30 @@ impl Client {
             .acks
             .front()
             .is_some_and(|a| now.saturating_since(a.queued) >= ACK_MAX_WAIT);
-        if !ack_overdue && let Some(packet) = self.next_errand_packet(now) {
+        let ack = |a: QueuedAck| Outgoing::Ack {
+            first_hop: a.first_hop,
+            packet: a.packet,
+        };
+        if ack_overdue && let Some(a) = self.acks.pop_front() {
+            return Some(ack(a));
+        }
+        if let Some(packet) = self.next_errand_packet(now, LOOKUPS) {
             return Some(packet);
         }
-        if (ack_overdue || self.queue.is_empty())
-            && let Some(a) = self.acks.pop_front()
-        {
-            return Some(Outgoing::Ack {
-                first_hop: a.first_hop,
-                packet: a.packet,
-            });
+        if let Some(id) = self.queue.pop_front() {
+            return Some(Outgoing::Message(id));
         }
-        self.queue.pop_front().map(Outgoing::Message)
+        if let Some(a) = self.acks.pop_front() {
+            return Some(ack(a));
+        }
+        self.next_errand_packet(now, PUBLICATIONS)
     }
 
-    /// Errands go before messages: a lookup is what a contact request
-    /// waits for.
-    fn next_errand_packet(&mut self, now: Time) -> Option<Outgoing> {
-        if self.errand_packets.is_empty()
-            && let Some(id) = self.errand_queue.pop_front()
+    /// The next packet of the errands in `lane`, building the next errand
+    /// when the last one's packets are gone.
+    fn next_errand_packet(&mut self, now: Time, lane: usize) -> Option<Outgoing> {
+        if self.errand_packets[lane].is_empty()
+            && let Some(id) = self.errand_queue[lane].pop_front()
             && let Err(e) = self.build_errand(now, id)
         {
             // No route now: try again at a later tick.
@@ -789,10 +816,10 @@ impl Client {
                 self.stats.errands_failed += 1;
                 self.events.push_back(ClientEvent::ErrandFailed { id });
             } else {
-                self.errand_queue.push_front(id);
+                self.errand_queue[lane].push_front(id);
             }
         }
-        self.errand_packets
+        self.errand_packets[lane]
             .pop_front()
             .map(|(first_hop, packet)| Outgoing::Errand { first_hop, packet })
     }
