@@ -178,10 +178,14 @@ async fn events_handler(
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
+    let deadline = tokio::time::Instant::from_std(crate::clock::instant())
+        + Duration::from_millis(q.wait_ms.min(30_000));
     loop {
         match read_events(&state.events, q.after) {
-            Ok(events) if !events.is_empty() || tokio::time::Instant::now() >= deadline => {
+            Ok(events)
+                if !events.is_empty()
+                    || tokio::time::Instant::from_std(crate::clock::instant()) >= deadline =>
+            {
                 return Json(events).into_response();
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,

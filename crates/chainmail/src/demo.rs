@@ -123,7 +123,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     println!("  alice is {}", users[0].address);
     println!("  bob   is {}", users[1].address);
     // Idle: nobody says anything, yet the clients send cover at a fixed rate.
-    let idle_start = Instant::now();
+    let idle_start = crate::clock::instant();
     let mut idle_base = Vec::new();
     for user in &users {
         idle_base.push(client_packets(&user.data_dir).await);
@@ -155,7 +155,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
 
     // The contact request: alice looks bob up (a blinded key in the DHT),
     // sends a request with proof of work; bob accepts.
-    let started = Instant::now();
+    let started = crate::clock::instant();
     account(
         &users[0].data_dir,
         json!({ "op": "contact-add", "address": users[1].address, "name": "bob",
@@ -197,19 +197,19 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
         "  they talk: {} messages each way; every packet is 2048 bytes, real or cover",
         opts.messages
     );
-    let talk_start = Instant::now();
+    let talk_start = crate::clock::instant();
     let mut sent: HashMap<String, Sent> = HashMap::new();
     let total = opts.messages * 2;
     let mut k = 0;
-    let mut next_send = Instant::now();
+    let mut next_send = crate::clock::instant();
     let mut seen = [0u64, 0u64];
     while k < total || !all_done(&sent) {
-        if k < total && Instant::now() >= next_send {
+        if k < total && crate::clock::instant() >= next_send {
             let from = k % 2;
             let text = format!("message {} from {}", k / 2 + 1, users[from].name);
             send(&users, &names, from, &text, false, &mut sent).await?;
             k += 1;
-            next_send = Instant::now() + opts.interval;
+            next_send = crate::clock::instant() + opts.interval;
         }
         poll(&users, &mut seen, &mut sent).await?;
         progress(&sent, total, &users, talk_start).await;
@@ -235,7 +235,7 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     println!("  {waiting} messages wait for bob; bob comes back online");
     net.spawn(users[1].node)?;
     wait_for_address(&users[1].data_dir, Duration::from_secs(60)).await?;
-    let back = Instant::now();
+    let back = crate::clock::instant();
     while !all_done(&sent) && back.elapsed() < opts.timeout {
         poll(&users, &mut seen, &mut sent).await?;
         progress(&sent, sent.len(), &users, talk_start).await;
@@ -320,12 +320,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::clock::instant() + timeout;
     loop {
         if let Some(v) = f().await {
             return Ok(v);
         }
-        if Instant::now() > deadline {
+        if crate::clock::instant() > deadline {
             bail!("timed out waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -417,7 +417,7 @@ async fn client_packets(data_dir: &Path) -> u64 {
 }
 
 async fn wait_for_address(data_dir: &Path, timeout: Duration) -> Result<Status> {
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::clock::instant() + timeout;
     loop {
         if let Ok(status) = crate::api_client::get::<Status>(data_dir, "/v1/status").await
             && status.address.is_some()
@@ -425,7 +425,7 @@ async fn wait_for_address(data_dir: &Path, timeout: Duration) -> Result<Status> 
         {
             return Ok(status);
         }
-        if Instant::now() > deadline {
+        if crate::clock::instant() > deadline {
             bail!("no client address after {}s", timeout.as_secs());
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -1,15 +1,12 @@
 //! `chainmail`: the node, the local network tools, the demo, and the
 //! commands that talk to a running node.
 
-// The binary is the driver of the sans-IO cores: it is where the clock is
-// read (the cores take `now` as an input and keep the ban).
-#![allow(clippy::disallowed_methods)]
-
 mod account;
 mod api;
 mod api_client;
 mod cli;
 mod cli_community;
+mod clock;
 mod community;
 mod demo;
 mod network;

@@ -40,13 +40,7 @@ const REQ_DESCRIPTORS: u8 = 0x02;
 const REQ_COMMUNITY: u8 = 0x03;
 const MAX_BATCH: usize = 512;
 
-/// The clock.
-pub(crate) fn now() -> Time {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Time(since.as_millis() as u64)
-}
+pub(crate) use crate::clock::now;
 
 /// How a node is started.
 #[derive(Clone, Debug)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chainmail_mixnet::Preset;
@@ -213,8 +213,8 @@ impl Testnet {
                 .arg("-TERM")
                 .arg(child.id().to_string())
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            let deadline = crate::clock::instant() + Duration::from_secs(5);
+            while crate::clock::instant() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = child.kill();
@@ -232,10 +232,10 @@ impl Testnet {
                     .status();
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = crate::clock::instant() + Duration::from_secs(5);
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
-                while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                while crate::clock::instant() < deadline && matches!(child.try_wait(), Ok(None)) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 let _ = child.kill();
@@ -259,7 +259,7 @@ impl Testnet {
         timeout: Duration,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Status> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::clock::instant() + timeout;
         loop {
             let mut ready = 0;
             let mut last = None;
@@ -278,7 +278,7 @@ impl Testnet {
             {
                 return Ok(s);
             }
-            if Instant::now() > deadline {
+            if crate::clock::instant() > deadline {
                 bail!(
                     "only {ready} of {count} nodes saw the complete directory within {}s; logs are in {}",
                     timeout.as_secs(),
