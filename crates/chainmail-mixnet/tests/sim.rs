@@ -1,41 +1,22 @@
-//! Deterministic multi-node simulation of the mixnet cores: a virtual
-//! clock, a seeded network with per-link latency, loss and reordering, an
-//! adversary that replays packets on the links, 30 nodes and 10 clients.
-//! No sleeping, no sockets: the same cores the node binary runs.
+//! Deterministic multi-node simulation of the mixnet cores on the shared
+//! harness (`chainmail-sim`): a virtual clock, a seeded network with
+//! per-link latency, loss and reordering, an adversary that replays
+//! packets on the links between nodes, 30 nodes and 10 clients. No
+//! sleeping, no sockets: the same cores the node binary runs. Every frame
+//! a client sends is checked to go to one of its own providers.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chainmail_mixnet::{
-    Answer, Client, ClientConfig, ClientEvent, ClientKeys, DescriptorSet, DropReason, Errand,
-    ErrandId, MemoryMailboxes, Node, NodeConfig, NodeEvent, Params, Preset, Roles, Time,
-    network_hash,
+    Answer, Client, ClientConfig, ClientEvent, ClientKeys, DropReason, Errand, ErrandId, Params,
+    Preset,
 };
-use chainmail_packet::{NodeId, PACKET_SIZE};
-use ed25519_dalek::SigningKey;
+use chainmail_sim::{Delivery, Endpoint, Links, Mixnet, MixnetConfig, Network, Time, Wire};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 const START: Time = Time(1_800_000_000_000 + 600_000);
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-enum Endpoint {
-    Node(usize),
-    Client(usize),
-}
-
-enum Payload {
-    Frame(Vec<u8>),
-    Fetch { request: u64, bytes: Vec<u8> },
-    FetchResponse { provider: NodeId, bytes: Vec<u8> },
-}
-
-struct InFlight {
-    to: Endpoint,
-    payload: Payload,
-}
 
 struct SimConfig {
     seed: u64,
@@ -74,258 +55,36 @@ struct Outcome {
     latencies_ms: Vec<u64>,
 }
 
-struct Sim {
-    params: Params,
-    descriptors: DescriptorSet,
-    rotated: bool,
-    now: Time,
-    rng: StdRng,
-    nodes: Vec<Node<MemoryMailboxes>>,
-    node_index: HashMap<NodeId, usize>,
+/// The cores: a mixnet of nodes and the clients on it.
+struct World {
+    mixnet: Mixnet,
     clients: Vec<Client>,
-    queue: BinaryHeap<Reverse<(Time, u64)>>,
-    in_flight: HashMap<u64, InFlight>,
-    next_seq: u64,
-    latency: HashMap<(Endpoint, Endpoint), u64>,
-    pending_fetches: HashMap<u64, (usize, NodeId)>,
-    next_request: u64,
-    cfg: SimConfig,
-    out: Outcome,
     /// Message id → (sender, recipient, body).
     sent: HashMap<[u8; 16], (usize, usize, Vec<u8>)>,
     received: HashMap<[u8; 16], usize>,
-    /// The DHT that exits carry errands out against.
-    dht: HashMap<Vec<u8>, Vec<u8>>,
-    /// Errands carried out: (exit node, errand).
-    errands_done: Vec<(usize, Errand)>,
     /// Answers: (client, errand id, answer).
     answers: Vec<(usize, ErrandId, Answer)>,
     errands_failed: Vec<(usize, ErrandId)>,
-    /// Each client's providers: the only nodes it may send to.
-    own_providers: Vec<Vec<usize>>,
+    out: Outcome,
 }
 
-impl Sim {
-    fn new(cfg: SimConfig, node_count: usize, provider_count: usize, client_count: usize) -> Self {
-        let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let mut params = Params::with_preset(cfg.preset);
-        params.layer_width_cap = 8;
-        if let Some(epoch) = cfg.epoch {
-            params.epoch_length = epoch;
-            params.key_grace = epoch / 6;
-        }
-        if let Some(rate) = cfg.payload_per_s {
-            params.rates.payload_per_s = rate;
-        }
-        let network = network_hash("sim");
-        let mut nodes = Vec::new();
-        for i in 0..node_count {
-            let mut node_config = NodeConfig::new(params.clone(), network);
-            node_config.replay_capacity = 200_000;
-            node_config.roles = if i < provider_count {
-                Roles {
-                    mix: false,
-                    provider: true,
-                }
-            } else {
-                Roles {
-                    mix: true,
-                    provider: false,
-                }
-            };
-            let identity = SigningKey::from_bytes(&rng.random());
-            let mut node = Node::new(node_config, identity, MemoryMailboxes::new(), rng.random());
-            node.handle_timeout(START);
-            nodes.push(node);
-        }
-        let mut descriptors = DescriptorSet::new(network);
-        for (i, node) in nodes.iter().enumerate() {
-            let bytes = node
-                .signed_descriptor(
-                    START,
-                    vec![format!("/ip4/127.0.0.1/tcp/{}", 5000 + i)],
-                    "sim",
-                )
-                .unwrap();
-            descriptors.insert(&bytes, START).unwrap();
-        }
-        let epoch = params.epoch_at(START);
-        let directory = Arc::new(descriptors.epoch_directory(epoch, &params, START));
-        let upcoming = Arc::new(descriptors.epoch_directory(
-            chainmail_packet::Epoch(epoch.0 + 1),
-            &params,
-            START,
-        ));
-        assert!(directory.is_complete());
-        assert_eq!(
-            directory.layers.iter().map(Vec::len).collect::<Vec<_>>(),
-            vec![8, 8, 8]
-        );
-        assert_eq!(directory.providers.len(), provider_count);
-        for node in &mut nodes {
-            node.set_directory(directory.clone());
-            node.set_directory(upcoming.clone());
-        }
-        let node_index = nodes.iter().enumerate().map(|(i, n)| (n.id(), i)).collect();
-        let mut clients = Vec::new();
-        let mut own_providers = Vec::new();
-        for c in 0..client_count {
-            own_providers.push(vec![c % provider_count, (c + 1) % provider_count]);
-            let providers = [
-                nodes[c % provider_count].id(),
-                nodes[(c + 1) % provider_count].id(),
-            ];
-            let keys = ClientKeys::generate(&mut rng, &providers);
-            let mut config = ClientConfig::new(params.clone());
-            config.ack_timeout = Duration::from_secs(8);
-            let mut client = Client::new(config, keys, rng.random());
-            client.set_directory(directory.clone());
-            client.set_directory(upcoming.clone());
-            clients.push(client);
-        }
-        Sim {
-            params,
-            descriptors,
-            rotated: false,
-            now: START,
-            rng,
-            nodes,
-            node_index,
-            clients,
-            queue: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            next_seq: 0,
-            latency: HashMap::new(),
-            pending_fetches: HashMap::new(),
-            next_request: 0,
-            cfg,
-            out: Outcome::default(),
-            sent: HashMap::new(),
-            received: HashMap::new(),
-            dht: HashMap::new(),
-            errands_done: Vec::new(),
-            answers: Vec::new(),
-            errands_failed: Vec::new(),
-            own_providers,
-        }
-    }
+impl chainmail_sim::World for World {
+    type Addr = Endpoint;
+    type Msg = Wire<()>;
 
-    /// Base latency of a link, 2–30 ms, fixed per link; each transfer adds
-    /// up to 10 ms of jitter, so packets on a link can overtake each other.
-    fn link_latency(&mut self, from: Endpoint, to: Endpoint) -> Duration {
-        let base = *self
-            .latency
-            .entry((from, to))
-            .or_insert_with(|| self.rng.random_range(2..30));
-        Duration::from_millis(base + self.rng.random_range(0..10))
-    }
-
-    fn send(&mut self, from: Endpoint, to: Endpoint, payload: Payload) {
-        // A client speaks to its own providers only: packets, SURB replies,
-        // errands and fetches all leave through them.
-        if let (Endpoint::Client(c), Endpoint::Node(n)) = (from, to) {
-            assert!(
-                self.own_providers[c].contains(&n),
-                "client {c} sent to node {n}, not one of its providers"
-            );
-        }
-        if let Payload::Frame(bytes) = &payload {
-            self.out.frames += 1;
-            if bytes.len() != PACKET_SIZE {
-                self.out.frame_sizes_other_than_packet += 1;
-            }
-            // Packets may be lost; fetches ride a reliable connection.
-            if self.rng.random_bool(self.cfg.loss) {
-                return;
-            }
-            // The adversary records some packets between nodes and replays
-            // them later on the same link.
-            // (Not in the last 10 s, so that every replay arrives before the end.)
-            let replaying = self.now + Duration::from_secs(10) < START + self.cfg.duration;
-            if replaying
-                && matches!((from, to), (Endpoint::Node(_), Endpoint::Node(_)))
-                && self.rng.random_bool(self.cfg.replay_fraction)
-            {
-                self.out.replays_injected += 1;
-                let later = self.link_latency(from, to)
-                    + Duration::from_millis(self.rng.random_range(0..5000));
-                self.schedule(later, to, Payload::Frame(bytes.clone()));
-            }
-        }
-        let delay = self.link_latency(from, to);
-        self.schedule(delay, to, payload);
-    }
-
-    fn schedule(&mut self, delay: Duration, to: Endpoint, payload: Payload) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.push(Reverse((self.now + delay, seq)));
-        self.in_flight.insert(seq, InFlight { to, payload });
-    }
-
-    fn drain(&mut self) {
-        for i in 0..self.nodes.len() {
-            // Replay tags would be made durable here by a real driver.
-            self.nodes[i].drain_replay_tags();
-            while let Some(t) = self.nodes[i].poll_transmit() {
-                let to = Endpoint::Node(self.node_index[&t.to]);
-                self.send(
-                    Endpoint::Node(i),
-                    to,
-                    Payload::Frame(t.packet.as_bytes().to_vec()),
-                );
-            }
-            while let Some((request, bytes)) = self.nodes[i].poll_fetch_response() {
-                if let Some((client, provider)) = self.pending_fetches.remove(&request) {
-                    self.send(
-                        Endpoint::Node(i),
-                        Endpoint::Client(client),
-                        Payload::FetchResponse { provider, bytes },
-                    );
+    fn pump(&mut self, now: Time, net: &mut Network<Endpoint, Wire<()>>) {
+        self.mixnet.pump_nodes(now, net);
+        if self.mixnet.take_new_directories() {
+            for d in self.mixnet.directories(now) {
+                for c in &mut self.clients {
+                    c.set_directory(d.clone());
                 }
-            }
-            let mut errands = Vec::new();
-            while let Some(event) = self.nodes[i].poll_event() {
-                match event {
-                    NodeEvent::KeysRotated(_) => self.rotated = true,
-                    NodeEvent::Errand { token, errand } => errands.push((token, errand)),
-                    NodeEvent::LoopReturned(_) => {}
-                }
-            }
-            // The exit carries errands out against the DHT at once; what
-            // it answers leaves in the next round of this loop.
-            for (token, errand) in errands {
-                let answer = match &errand {
-                    Errand::Get { key } => match self.dht.get(key) {
-                        Some(v) => Answer::Found(v.clone()),
-                        None => Answer::NotFound,
-                    },
-                    Errand::Put { key, value } => {
-                        self.dht.insert(key.clone(), value.clone());
-                        Answer::Stored
-                    }
-                };
-                self.errands_done.push((i, errand));
-                self.nodes[i].handle_errand_answer(self.now, token, answer);
             }
         }
         for c in 0..self.clients.len() {
-            while let Some((first, packet)) = self.clients[c].poll_transmit() {
-                self.out.client_packets += 1;
-                let to = Endpoint::Node(self.node_index[&first]);
-                self.send(
-                    Endpoint::Client(c),
-                    to,
-                    Payload::Frame(packet.as_bytes().to_vec()),
-                );
-            }
-            while let Some((provider, bytes)) = self.clients[c].poll_fetch() {
-                let request = self.next_request;
-                self.next_request += 1;
-                self.pending_fetches.insert(request, (c, provider));
-                let to = Endpoint::Node(self.node_index[&provider]);
-                self.send(Endpoint::Client(c), to, Payload::Fetch { request, bytes });
-            }
+            let before = self.mixnet.frames;
+            self.mixnet.pump_client(now, net, c, &mut self.clients[c]);
+            self.out.client_packets += self.mixnet.frames - before;
             while let Some(event) = self.clients[c].poll_event() {
                 match event {
                     ClientEvent::Received { id, body } => {
@@ -349,84 +108,130 @@ impl Sim {
         }
     }
 
-    /// Nodes whose keys rotated publish new descriptors; everyone computes
-    /// the directories of the current and the next epoch from them.
-    fn republish(&mut self) {
-        self.rotated = false;
-        let now = self.now;
-        for (i, node) in self.nodes.iter().enumerate() {
-            let bytes = node
-                .signed_descriptor(now, vec![format!("/ip4/127.0.0.1/tcp/{}", 5000 + i)], "sim")
-                .unwrap();
-            self.descriptors.insert(&bytes, now).unwrap();
-        }
-        let epoch = self.params.epoch_at(now);
-        for e in [epoch, chainmail_packet::Epoch(epoch.0 + 1)] {
-            let d = Arc::new(self.descriptors.epoch_directory(e, &self.params, now));
-            for n in &mut self.nodes {
-                n.set_directory(d.clone());
+    fn deliver(&mut self, now: Time, delivery: Delivery<Endpoint, Wire<()>>) {
+        let Some(d) = self.mixnet.deliver(now, delivery) else {
+            return;
+        };
+        match (d.to, d.msg) {
+            (Endpoint::Client(c), Wire::FetchResponse { provider, bytes }) => {
+                self.clients[c].handle_fetch_response(now, provider, &bytes)
             }
-            for c in &mut self.clients {
-                c.set_directory(d.clone());
-            }
+            _ => unreachable!("no such route in the simulation"),
         }
     }
 
-    fn step_to(&mut self, until: Time) {
-        loop {
-            self.drain();
-            if self.rotated {
-                self.republish();
-            }
-            let next_net = self.queue.peek().map(|Reverse((t, _))| *t);
-            let next_core = self
-                .nodes
-                .iter()
-                .filter_map(|n| n.poll_timeout())
-                .chain(self.clients.iter().filter_map(|c| c.poll_timeout()))
-                .min();
-            let Some(next) = [next_net, next_core].into_iter().flatten().min() else {
-                break;
-            };
-            if next > until {
-                break;
-            }
-            self.now = self.now.max(next);
-            while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
-                if t > self.now {
-                    break;
-                }
-                self.queue.pop();
-                let Some(f) = self.in_flight.remove(&seq) else {
-                    continue;
-                };
-                let now = self.now;
-                match (f.to, f.payload) {
-                    (Endpoint::Node(i), Payload::Frame(bytes)) => {
-                        self.nodes[i].handle_packet(now, &bytes)
-                    }
-                    (Endpoint::Node(i), Payload::Fetch { request, bytes }) => {
-                        self.nodes[i].handle_fetch(now, request, &bytes)
-                    }
-                    (Endpoint::Client(c), Payload::FetchResponse { provider, bytes }) => {
-                        self.clients[c].handle_fetch_response(now, provider, &bytes)
-                    }
-                    _ => unreachable!("no such route in the simulation"),
-                }
-            }
-            let now = self.now;
-            for n in &mut self.nodes {
-                if n.poll_timeout().is_some_and(|t| t <= now) {
-                    n.handle_timeout(now);
-                }
-            }
-            for c in &mut self.clients {
-                if c.poll_timeout().is_some_and(|t| t <= now) {
-                    c.handle_timeout(now);
-                }
+    fn next_timeout(&self) -> Option<Time> {
+        let clients = self.clients.iter().filter_map(Client::poll_timeout).min();
+        [self.mixnet.next_timeout(), clients]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn fire(&mut self, now: Time) {
+        self.mixnet.fire(now);
+        for c in &mut self.clients {
+            if c.poll_timeout().is_some_and(|t| t <= now) {
+                c.handle_timeout(now);
             }
         }
-        self.now = until;
+    }
+}
+
+struct Sim {
+    sim: chainmail_sim::Sim<World>,
+    rng: StdRng,
+    cfg: SimConfig,
+}
+
+impl std::ops::Deref for Sim {
+    type Target = World;
+    fn deref(&self) -> &World {
+        &self.sim.world
+    }
+}
+
+impl std::ops::DerefMut for Sim {
+    fn deref_mut(&mut self) -> &mut World {
+        &mut self.sim.world
+    }
+}
+
+impl Sim {
+    fn new(cfg: SimConfig, node_count: usize, provider_count: usize, client_count: usize) -> Self {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut params = Params::with_preset(cfg.preset);
+        params.layer_width_cap = 8;
+        if let Some(epoch) = cfg.epoch {
+            params.epoch_length = epoch;
+            params.key_grace = epoch / 6;
+        }
+        if let Some(rate) = cfg.payload_per_s {
+            params.rates.payload_per_s = rate;
+        }
+        let mixnet = Mixnet::new(
+            MixnetConfig {
+                params: params.clone(),
+                name: "sim".into(),
+                providers: provider_count,
+                mixes: node_count - provider_count,
+                replay_capacity: 200_000,
+            },
+            &mut rng,
+            START,
+        );
+        let [directory, upcoming] = mixnet.directories(START);
+        assert!(directory.is_complete());
+        assert_eq!(
+            directory.layers.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![8, 8, 8]
+        );
+        assert_eq!(directory.providers.len(), provider_count);
+        let mut clients = Vec::new();
+        for c in 0..client_count {
+            let providers = [
+                mixnet.id(c % provider_count),
+                mixnet.id((c + 1) % provider_count),
+            ];
+            let keys = ClientKeys::generate(&mut rng, &providers);
+            let mut config = ClientConfig::new(params.clone());
+            config.ack_timeout = Duration::from_secs(8);
+            let mut client = Client::new(config, keys, rng.random());
+            client.set_directory(directory.clone());
+            client.set_directory(upcoming.clone());
+            clients.push(client);
+        }
+        let world = World {
+            mixnet,
+            clients,
+            sent: HashMap::new(),
+            received: HashMap::new(),
+            answers: Vec::new(),
+            errands_failed: Vec::new(),
+            out: Outcome::default(),
+        };
+        // Packets may be lost; the adversary records some packets between
+        // nodes and replays them later on the same link.
+        let links = Links {
+            loss: cfg.loss,
+            duplication: cfg.replay_fraction,
+            duplicate_after_ms: 5000,
+            ..Links::default()
+        };
+        let net = Network::new(rng.random(), links);
+        Sim {
+            sim: chainmail_sim::Sim::new(world, net, START),
+            rng,
+            cfg,
+        }
+    }
+
+    fn now(&self) -> Time {
+        self.sim.now()
+    }
+
+    fn step_to(&mut self, until: Time) {
+        self.sim.step_to(until);
     }
 
     fn run(mut self) -> Outcome {
@@ -452,42 +257,47 @@ impl Sim {
             let to = (from + 1) % clients;
             let address = self.clients[to].address();
             let body = format!("message {} from {from} to {to}", self.out.sent).into_bytes();
-            let id = self.clients[from].send(self.now, &address, &body).unwrap();
+            let now = self.now();
+            let id = self.clients[from].send(now, &address, &body).unwrap();
             self.sent.insert(id, (from, to, body));
             self.out.sent += 1;
         }
+        // No replays in the last 10 s, so that every replay arrives before
+        // the end.
         let end = START + self.cfg.duration;
+        self.step_to(end - Duration::from_secs(10));
+        self.sim.net.links_mut().duplication = 0.0;
         self.step_to(end);
         self.finish()
     }
 
     fn finish(mut self) -> Outcome {
-        self.out.received = self.received.len();
-        self.out.duplicate_receipts = self.received.values().filter(|n| **n > 1).count();
+        let mut out = std::mem::take(&mut self.sim.world.out);
+        out.received = self.received.len();
+        out.duplicate_receipts = self.received.values().filter(|n| **n > 1).count();
+        out.frames = self.mixnet.frames;
+        out.frame_sizes_other_than_packet = self.mixnet.odd_frames;
+        out.replays_injected = self.sim.net.stats().duplicated;
         let (mut sum, mut sq, mut count) = (0.0, 0.0, 0u64);
-        for n in &self.nodes {
+        for n in &self.mixnet.nodes {
             let s = n.stats();
             sum += s.delay_sum_ms as f64;
             sq += s.delay_sum_sq_ms;
             count += s.delay_count;
-            self.out.replays_dropped += s.dropped.get(&DropReason::Replay).copied().unwrap_or(0);
+            out.replays_dropped += s.dropped.get(&DropReason::Replay).copied().unwrap_or(0);
             for (reason, n) in &s.dropped {
                 if *reason != DropReason::Replay {
-                    *self
-                        .out
-                        .dropped_other
-                        .entry(format!("{reason:?}"))
-                        .or_default() += n;
+                    *out.dropped_other.entry(format!("{reason:?}")).or_default() += n;
                 }
             }
-            self.out.mix_loops_returned += s.loops_returned;
+            out.mix_loops_returned += s.loops_returned;
         }
         let mean = sum / count as f64;
-        self.out.delay_mean_ms = mean;
-        self.out.delay_sd_ms = (sq / count as f64 - mean * mean).sqrt();
-        self.out.delay_samples = count;
-        self.out.retransmissions = self.clients.iter().map(|c| c.stats().retransmissions).sum();
-        self.out
+        out.delay_mean_ms = mean;
+        out.delay_sd_ms = (sq / count as f64 - mean * mean).sqrt();
+        out.delay_samples = count;
+        out.retransmissions = self.clients.iter().map(|c| c.stats().retransmissions).sum();
+        out
     }
 }
 
@@ -587,7 +397,7 @@ fn a_client_sends_at_the_same_rate_idle_and_busy() {
     for k in 0..66u64 {
         let at = START + Duration::from_secs(120) + Duration::from_millis(1500 * k);
         sim.step_to(at);
-        let now = sim.now;
+        let now = sim.now();
         sim.clients[0].send(now, &to_one, b"busy").unwrap();
         sim.clients[9]
             .send(now, &to_zero, b"to the busy one")
@@ -701,7 +511,7 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
     let key = |c: usize| -> Vec<u8> { vec![c as u8 + 1; 32] };
     let mut puts = HashMap::new();
     for c in 0..10 {
-        let now = sim.now;
+        let now = sim.now();
         let id = sim.clients[c]
             .errand(
                 now,
@@ -723,7 +533,7 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
     // Each client looks up the next one's record, and a key nobody stored.
     let mut gets = HashMap::new();
     for c in 0..10 {
-        let now = sim.now;
+        let now = sim.now();
         let next = (c + 1) % 10;
         let id = sim.clients[c]
             .errand(now, Errand::Get { key: key(next) })
@@ -753,8 +563,12 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
         }
     }
     // Errands spread over the exits.
-    let exits: std::collections::HashSet<usize> =
-        sim.errands_done.iter().map(|(exit, _)| *exit).collect();
+    let exits: std::collections::HashSet<usize> = sim
+        .mixnet
+        .errands_done
+        .iter()
+        .map(|(exit, _)| *exit)
+        .collect();
     assert!(exits.len() >= 3, "{exits:?}");
     let too_large = sim
         .clients
@@ -763,11 +577,12 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
         .sum::<u64>();
     eprintln!(
         "{} errands carried out by {} exits, {} asked again",
-        sim.errands_done.len(),
+        sim.mixnet.errands_done.len(),
         exits.len(),
         too_large
     );
     let dropped: u64 = sim
+        .mixnet
         .nodes
         .iter()
         .flat_map(|n| n.stats().dropped.iter())
@@ -798,12 +613,15 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
     let mut sim = Sim::new(cfg, 30, 6, 10);
     sim.step_to(START + Duration::from_secs(5));
     let stranger = 20; // a mix
-    let stranger_id = sim.nodes[stranger].id();
+    let stranger_id = sim.mixnet.nodes[stranger].id();
     let victim = sim.clients[3].address();
-    let epoch = sim.params.epoch_at(sim.now);
-    let directory = sim.descriptors.epoch_directory(epoch, &sim.params, sim.now);
+    let epoch = sim.mixnet.params.epoch_at(sim.now());
+    let directory = sim
+        .mixnet
+        .descriptors
+        .epoch_directory(epoch, &sim.mixnet.params, sim.now());
     let first = directory.node(&stranger_id).unwrap();
-    let last = directory.provider(&sim.nodes[0].id()).unwrap();
+    let last = directory.provider(&sim.mixnet.nodes[0].id()).unwrap();
     let mut rng = StdRng::seed_from_u64(9);
     let surb_route = directory.route(&mut rng, first, last, 10.0).unwrap();
     let (surb, _) = chainmail_packet::build_surb(
@@ -822,15 +640,15 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
     .unwrap();
     let sealed = message::seal(&mut rng, &victim.seal_key, &inner);
     let (provider, mailbox) = victim.mailboxes[0];
-    let entry = directory.provider(&sim.nodes[5].id()).unwrap();
+    let entry = directory.provider(&sim.mixnet.nodes[5].id()).unwrap();
     let to = directory.provider(&provider).unwrap();
     let route = directory.route(&mut rng, entry, to, 10.0).unwrap();
     let packet =
         chainmail_packet::build_packet(&mut rng, epoch, &route, mailbox, &sealed[..]).unwrap();
-    let first_hop = sim.node_index[&route[0].node];
-    let now = sim.now;
-    sim.nodes[first_hop].handle_packet(now, packet.as_bytes());
-    let before = sim.nodes[stranger].stats().packets_in;
+    let first_hop = sim.mixnet.node_index[&route[0].node];
+    let now = sim.now();
+    sim.mixnet.nodes[first_hop].handle_packet(now, packet.as_bytes());
+    let before = sim.mixnet.nodes[stranger].stats().packets_in;
     sim.step_to(START + Duration::from_secs(60));
     assert_eq!(
         sim.received.get(&[0x55; 16]),
@@ -841,5 +659,5 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
     // The stranger's mix got only what mixes get (cover and other
     // traffic), never a packet of the victim's: every client frame was
     // checked to go to the sender's own providers.
-    assert!(sim.nodes[stranger].stats().packets_in >= before);
+    assert!(sim.mixnet.nodes[stranger].stats().packets_in >= before);
 }
