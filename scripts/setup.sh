@@ -28,3 +28,22 @@ for component in rustfmt clippy; do
         rustup component add "$component" || die "cannot install $component: rustup component add $component"
     fi
 done
+
+# The browser build: the rustup toolchain has no wasm32 standard library,
+# so the client-side crates are built with Debian's rustc-web and the
+# standard library built from source (rust-web-src); installed on demand,
+# only by the scripts that build for the browser.
+ensure_wasm_toolchain() {
+    if [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ] \
+        && command -v wasm-ld >/dev/null 2>&1; then
+        return
+    fi
+    command -v apt-get >/dev/null 2>&1 \
+        || die "the browser build needs Debian's rustc-web, cargo-web, rust-web-src and lld packages"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    log "installing the wasm toolchain (Debian packages rustc-web cargo-web rust-web-src lld)"
+    $sudo apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustc-web cargo-web rust-web-src lld \
+        || die "cannot install the wasm toolchain: apt-get install rustc-web cargo-web rust-web-src lld"
+}
