@@ -73,6 +73,24 @@ impl<W: World> Sim<W> {
         self.now = self.now.max(until);
     }
 
+    /// Runs the events of the next moment anything happens (a delivery, a
+    /// timeout), or moves the clock on by `max_wait` if nothing does
+    /// sooner.
+    pub fn step(&mut self, max_wait: std::time::Duration) {
+        self.world.pump(self.now, &mut self.net);
+        let next = [self.net.next_at(), self.world.next_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.now + max_wait)
+            .min(self.now + max_wait);
+        self.now = self.now.max(next);
+        while let Some(delivery) = self.net.pop_due(self.now) {
+            self.world.deliver(self.now, delivery);
+        }
+        self.world.fire(self.now);
+    }
+
     /// Runs `step` at a time until `done` holds or the clock passes
     /// `limit`; whether `done` held.
     pub fn run_until(

@@ -189,6 +189,13 @@ impl<A: Copy + Eq + Hash, M> Network<A, M> {
         Some(delivery)
     }
 
+    /// Drops every message on its way (a partition: what was sent is lost).
+    pub fn clear(&mut self) {
+        self.stats.lost += self.in_flight.len() as u64;
+        self.queue.clear();
+        self.in_flight.clear();
+    }
+
     /// Messages on their way.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()

@@ -24,6 +24,7 @@ use zeroize::Zeroizing;
 
 use crate::network::NetworkFile;
 use crate::runtime::hex;
+use crate::tables::Table;
 
 /// Name of the account's vault in the node's store.
 pub(crate) const VAULT: &str = "account";
@@ -130,7 +131,7 @@ pub(crate) fn init(
     let address = account.address();
     let messenger = Messenger::new(messenger_config(network), account, name, rand::random());
     vault.put(
-        "messenger",
+        Table::Messenger.as_str(),
         b"state",
         &serde_json::to_vec(&messenger.state())?,
     )?;
@@ -272,12 +273,12 @@ impl AccountDriver {
         let secret = unlock.secret(data_dir)?;
         let vault = Vault::unlock(store, VAULT, secret)?;
         let bytes = vault
-            .get("messenger", b"state")?
+            .get(Table::Messenger.as_str(), b"state")?
             .ok_or_else(|| anyhow!("the account's state is missing from the vault"))?;
         let state: MessengerState =
             serde_json::from_slice(&bytes).context("the account's state is damaged")?;
         let messenger = Messenger::from_state(messenger_config(network), state, rand::random())?;
-        let history_seq = vault.list("history")?.len() as u64;
+        let history_seq = vault.list(Table::History.as_str())?.len() as u64;
         let communities = crate::community::Hub::load(
             &vault,
             chainmail_net::ProtocolNames::new(&network.network.id).community_topic_prefix,
@@ -323,7 +324,7 @@ impl AccountDriver {
         self.pending.extend(writes);
         if self.messenger.take_dirty() {
             self.pending.push((
-                "messenger".into(),
+                Table::Messenger.into(),
                 b"state".to_vec(),
                 serde_json::to_vec(&self.messenger.state())?,
             ));
@@ -352,7 +353,7 @@ impl AccountDriver {
         self.history_seq += 1;
         entry.seq = self.history_seq;
         self.pending.push((
-            "history".into(),
+            Table::History.into(),
             self.history_seq.to_be_bytes().to_vec(),
             serde_json::to_vec(&entry)?,
         ));
@@ -417,20 +418,20 @@ impl AccountDriver {
             }
             MessengerEvent::MessageState { id, to, state } => {
                 let key = hex(&id);
-                if let Some(bytes) = self.vault.get("sent", key.as_bytes())?
+                if let Some(bytes) = self.vault.get(Table::Sent.as_str(), key.as_bytes())?
                     && let Ok(mut sent) = serde_json::from_slice::<SentMessage>(&bytes)
                 {
                     sent.state = state.as_str().into();
                     sent.changed = now.0;
                     self.pending.push((
-                        "sent".into(),
+                        Table::Sent.into(),
                         key.clone().into_bytes(),
                         serde_json::to_vec(&sent)?,
                     ));
                 } else if let Some(i) = self
                     .pending
                     .iter()
-                    .position(|(t, k, _)| t == "sent" && k == key.as_bytes())
+                    .position(|(t, k, _)| t == Table::Sent.as_str() && k == key.as_bytes())
                     && let Ok(mut sent) = serde_json::from_slice::<SentMessage>(&self.pending[i].2)
                 {
                     sent.state = state.as_str().into();
@@ -478,7 +479,7 @@ impl AccountDriver {
         if let AccountRequest::Community { community } = request {
             let invites: Vec<crate::community::InviteView> = self
                 .vault
-                .list("invites")
+                .list(Table::Invites.as_str())
                 .map_err(|e| e.to_string())?
                 .iter()
                 .filter_map(|(_, v)| serde_json::from_slice(v).ok())
@@ -560,14 +561,17 @@ impl AccountDriver {
                     changed: now.0,
                 };
                 self.pending.push((
-                    "sent".into(),
+                    Table::Sent.into(),
                     sent.id.clone().into_bytes(),
                     serde_json::to_vec(&sent).map_err(|e| e.to_string())?,
                 ));
                 Ok(json!({ "id": sent.id, "state": sent.state }))
             }
             AccountRequest::Inbox { after } => {
-                let entries = self.vault.list("history").map_err(|e| e.to_string())?;
+                let entries = self
+                    .vault
+                    .list(Table::History.as_str())
+                    .map_err(|e| e.to_string())?;
                 let out: Vec<serde_json::Value> = entries
                     .iter()
                     .filter(|(k, _)| {
@@ -578,7 +582,10 @@ impl AccountDriver {
                 Ok(json!(out))
             }
             AccountRequest::Sent => {
-                let entries = self.vault.list("sent").map_err(|e| e.to_string())?;
+                let entries = self
+                    .vault
+                    .list(Table::Sent.as_str())
+                    .map_err(|e| e.to_string())?;
                 let mut out: Vec<SentMessage> = entries
                     .iter()
                     .filter_map(|(_, v)| serde_json::from_slice(v).ok())

@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::runtime::{ApiCall, LoggedEvent, hex};
+use crate::tables::Table;
 
 /// A running API server.
 pub(crate) struct Api {
@@ -199,7 +200,7 @@ async fn events_handler(
 /// The whole event log.
 pub(crate) fn read_events_all(store: &chainmail_store::Store) -> Result<Vec<LoggedEvent>> {
     store
-        .kv_list("events")?
+        .kv_list(Table::Events.as_str())?
         .into_iter()
         .map(|(_, v)| serde_json::from_slice(&v).context("event log entry is damaged"))
         .collect()
@@ -208,7 +209,7 @@ pub(crate) fn read_events_all(store: &chainmail_store::Store) -> Result<Vec<Logg
 /// Events after `after`, at most 1000.
 pub(crate) fn read_events(source: &EventSource, after: u64) -> Result<Vec<LoggedEvent>> {
     let mut out = Vec::new();
-    for (key, value) in source.0.kv_list("events")? {
+    for (key, value) in source.0.kv_list(Table::Events.as_str())? {
         let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
             continue;
         };

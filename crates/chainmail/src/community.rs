@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::runtime::{hex, unhex, unhex_array};
+use crate::tables::Table;
 
 /// First byte of a topic message: a record or a block follows.
 pub(crate) const TOPIC_RECORD: u8 = 1;
@@ -223,7 +224,7 @@ impl Hub {
             letters_refused: 0,
         };
         let mut blocks: HashMap<Hash, Vec<Block>> = HashMap::new();
-        for (key, value) in vault.list("community-blocks")? {
+        for (key, value) in vault.list(Table::CommunityBlocks.as_str())? {
             if key.len() == 64
                 && let Ok(block) = Block::decode(&value)
             {
@@ -232,7 +233,7 @@ impl Hub {
                 blocks.entry(id).or_default().push(block);
             }
         }
-        for (_, value) in vault.list("communities")? {
+        for (_, value) in vault.list(Table::Communities.as_str())? {
             let stored: StoredCommunity =
                 serde_json::from_slice(&value).context("a stored community is damaged")?;
             let genesis = Genesis::decode(&unhex(&stored.genesis).unwrap_or_default())
@@ -287,7 +288,7 @@ impl Hub {
                 let mut key = id.to_vec();
                 key.extend_from_slice(&b.id());
                 self.writes
-                    .push(("community-blocks".into(), key, b.encode()));
+                    .push((Table::CommunityBlocks.into(), key, b.encode()));
             }
             if e.dirty {
                 e.dirty = false;
@@ -307,7 +308,8 @@ impl Hub {
                     failed: e.failed.clone(),
                 };
                 if let Ok(json) = serde_json::to_vec(&stored) {
-                    self.writes.push(("communities".into(), id.to_vec(), json));
+                    self.writes
+                        .push((Table::Communities.into(), id.to_vec(), json));
                 }
             }
         }
@@ -634,7 +636,7 @@ impl Hub {
                     joined: false,
                 };
                 let json = serde_json::to_vec(&view).ok()?;
-                vault_invites.push(("invites".into(), token.to_vec(), json));
+                vault_invites.push((Table::Invites.into(), token.to_vec(), json));
                 Some((view.token, view.name))
             }
             Ok(Letter::Join {
@@ -871,7 +873,7 @@ impl Hub {
                 let mut joined = inv.clone();
                 joined.joined = true;
                 if let Ok(json) = serde_json::to_vec(&joined) {
-                    writes.push(("invites".into(), token.to_vec(), json));
+                    writes.push((Table::Invites.into(), token.to_vec(), json));
                 }
                 self.after(id, now_ms);
                 Ok(self.summary(&id))

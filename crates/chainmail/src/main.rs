@@ -11,6 +11,7 @@ mod community;
 mod demo;
 mod network;
 mod runtime;
+mod tables;
 mod testnet;
 
 use std::path::PathBuf;

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::network::NetworkFile;
+use crate::tables::Table;
 
 /// Software version carried in descriptors.
 pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
@@ -499,7 +500,7 @@ pub(crate) async fn run_node(
     )?;
     info!(peer = %net.local_peer_id(), api = api.port, "node started");
 
-    let event_seq = store.kv_list("events")?.len() as u64;
+    let event_seq = store.kv_list(Table::Events.as_str())?.len() as u64;
     let mut rt = Runtime {
         params: params.clone(),
         descriptors: DescriptorSet::new(network_hash(&opts.network.network.id)),
@@ -536,7 +537,7 @@ pub(crate) async fn run_node(
         if let Some(a) = &rt.account {
             info!(account = %a.messenger.address().short(), "account unlocked");
         }
-        if let Some(bytes) = rt.store.kv_get("advisory", b"current")? {
+        if let Some(bytes) = rt.store.kv_get(Table::Advisory.as_str(), b"current")? {
             let _ = rt.apply_advisory(&bytes);
         }
     }
@@ -623,7 +624,7 @@ impl Runtime {
         if !self.opts.client {
             return Ok(());
         }
-        let Some(bytes) = self.store.kv_get("client", b"keys")? else {
+        let Some(bytes) = self.store.kv_get(Table::Client.as_str(), b"keys")? else {
             return Ok(());
         };
         let stored: StoredClientKeys =
@@ -648,7 +649,7 @@ impl Runtime {
             client.set_directory(d.clone());
         }
         // Pick up where a previous run stopped: what was fetched, what was seen.
-        if let Ok(Some(bytes)) = self.store.kv_get("client", b"cursors")
+        if let Ok(Some(bytes)) = self.store.kv_get(Table::Client.as_str(), b"cursors")
             && let Ok(cursors) = postcard::from_bytes::<Vec<(NodeId, u64)>>(&bytes)
         {
             for (provider, handled) in cursors {
@@ -695,8 +696,11 @@ impl Runtime {
                 .map(|(p, k)| (*p, k.to_bytes()))
                 .collect(),
         };
-        self.store
-            .kv_put("client", b"keys", &postcard::to_stdvec(&stored)?)?;
+        self.store.kv_put(
+            Table::Client.as_str(),
+            b"keys",
+            &postcard::to_stdvec(&stored)?,
+        )?;
         self.start_client(keys);
         Ok(())
     }
@@ -931,14 +935,14 @@ impl Runtime {
         let sequence = advisory.body.sequence;
         let stored = self
             .store
-            .kv_get("advisory", b"current")
+            .kv_get(Table::Advisory.as_str(), b"current")
             .ok()
             .flatten()
             .and_then(|b| chainmail_session::Advisory::decode_verified(&b, &key, &network).ok())
             .map(|a| a.body.sequence);
         if stored.is_none_or(|s| s < sequence) {
             self.store
-                .kv_put("advisory", b"current", bytes)
+                .kv_put(Table::Advisory.as_str(), b"current", bytes)
                 .map_err(|e| e.to_string())?;
         }
         if let Some(a) = &mut self.account {
@@ -1250,8 +1254,11 @@ impl Runtime {
                 if let Some(logged) = log_entry(now, &event, self.event_seq + 1) {
                     self.event_seq += 1;
                     let json = serde_json::to_vec(&logged)?;
-                    self.store
-                        .kv_put("events", &self.event_seq.to_be_bytes(), &json)?;
+                    self.store.kv_put(
+                        Table::Events.as_str(),
+                        &self.event_seq.to_be_bytes(),
+                        &json,
+                    )?;
                 }
             }
             if let Some(account) = &mut self.account {
@@ -1285,8 +1292,11 @@ impl Runtime {
             // deletes those items at the provider.
             let cursors = client.cursors();
             if cursors != self.stored_cursors {
-                self.store
-                    .kv_put("client", b"cursors", &postcard::to_stdvec(&cursors)?)?;
+                self.store.kv_put(
+                    Table::Client.as_str(),
+                    b"cursors",
+                    &postcard::to_stdvec(&cursors)?,
+                )?;
                 self.stored_cursors = cursors;
             }
             while let Some((first_hop, packet)) = client.poll_transmit() {
