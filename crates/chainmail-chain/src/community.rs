@@ -30,6 +30,11 @@ pub struct Config {
     pub republish_ms: u64,
     /// Records held in the pool at most.
     pub max_pool: usize,
+    /// An action of ours that the best chain no longer allows (its block
+    /// lost to a branch where our rights differ) is held this long, tried
+    /// again whenever the best chain changes (the branch may lose in
+    /// turn), then dropped and counted.
+    pub hold_ms: u64,
 }
 
 impl Default for Config {
@@ -39,6 +44,7 @@ impl Default for Config {
             block_interval_ms: 200,
             republish_ms: 20_000,
             max_pool: 2_048,
+            hold_ms: 10 * 60_000,
         }
     }
 }
@@ -190,6 +196,9 @@ pub struct Community {
     early: VecDeque<(RecordId, Record)>,
     /// Our own records not yet in the best chain, with a post's text.
     own: HashMap<RecordId, (Record, Option<String>)>,
+    /// Our actions that the best chain does not allow now, with when they
+    /// were first held (see [`Config::hold_ms`]), oldest first.
+    held: Vec<(Body, u64)>,
     produce_at: Option<u64>,
     last_produced: u64,
     republish_at: u64,
@@ -247,6 +256,7 @@ impl Community {
             pool: Vec::new(),
             early: VecDeque::new(),
             own: HashMap::new(),
+            held: Vec::new(),
             produce_at: None,
             last_produced: 0,
             republish_at: 0,
@@ -351,9 +361,10 @@ impl Community {
         self.pool.len()
     }
 
-    /// Our records not yet in the best chain.
+    /// Our records not yet in the best chain (actions held because the
+    /// best chain does not allow them now included).
     pub fn pending(&self) -> usize {
-        self.own.len()
+        self.own.len() + self.held.len()
     }
 
     /// The current rendezvous secret, if this member has the current key.
@@ -382,15 +393,20 @@ impl Community {
     /// When [`Community::handle_timeout`] should run next.
     pub fn poll_timeout(&self) -> Option<u64> {
         let republish = (!self.own.is_empty()).then_some(self.republish_at);
-        match (self.produce_at, republish) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let give_up = self
+            .held
+            .first()
+            .map(|(_, since)| since.saturating_add(self.config.hold_ms));
+        [self.produce_at, republish, give_up]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Produces a block when it is this producer's turn; publishes our
     /// pending records again when due.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.retry_held(now_ms);
         if self.produce_at.is_some_and(|t| now_ms >= t) {
             self.produce_at = None;
             if self.produce(now_ms).is_err() {
@@ -718,7 +734,24 @@ impl Community {
         self.keys.extend(found);
     }
 
+    /// Tries our held actions again on the current tip; those held longer
+    /// than [`Config::hold_ms`] and still not allowed are dropped and
+    /// counted.
+    fn retry_held(&mut self, now_ms: u64) {
+        for (body, since) in std::mem::take(&mut self.held) {
+            if self.issue(now_ms, body.clone(), None).is_ok() {
+                continue;
+            }
+            if now_ms >= since.saturating_add(self.config.hold_ms) {
+                self.stats.actions_dropped += 1;
+            } else {
+                self.held.push((body, since));
+            }
+        }
+    }
+
     fn revalidate(&mut self, now_ms: u64) {
+        self.retry_held(now_ms);
         let tip = self.chain.tip();
         let pool = std::mem::take(&mut self.pool);
         for r in pool {
@@ -771,8 +804,15 @@ impl Community {
                 // A post we cannot read any more is not made again.
                 (None, Body::Message { .. } | Body::RotateKey { .. }) => {}
                 (None, body) => {
-                    if self.issue(now_ms, body, None).is_err() {
-                        self.stats.actions_dropped += 1;
+                    if self.issue(now_ms, body.clone(), None).is_err()
+                        && !self.held.iter().any(|(b, _)| *b == body)
+                    {
+                        // Not allowed on this branch; the branch may lose.
+                        if self.held.len() >= limits::MAX_HELD_ACTIONS {
+                            self.held.remove(0);
+                            self.stats.actions_dropped += 1;
+                        }
+                        self.held.push((body, now_ms));
                     }
                 }
             }

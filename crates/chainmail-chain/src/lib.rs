@@ -56,6 +56,9 @@ pub mod limits {
     /// Gossiped records held while the block they are anchored to has
     /// not arrived yet.
     pub const MAX_EARLY_RECORDS: usize = 256;
+    /// Our own actions held because the best chain does not allow them
+    /// now (see `Config::hold_ms`).
+    pub const MAX_HELD_ACTIONS: usize = 64;
     /// Most blocks in one sync response.
     pub const MAX_SYNC_BLOCKS: usize = 2_000;
     /// Sync requests older or newer than this are refused.

@@ -365,7 +365,7 @@ fn a_post_that_cannot_be_made_again_fails_and_says_why() {
 }
 
 #[test]
-fn an_action_whose_rights_are_gone_is_dropped_and_counted() {
+fn an_action_whose_rights_are_gone_is_held_then_dropped_and_counted() {
     let (mut owner, mut m) = with_admin();
     // The admin issues a removal; before it is in a block, the owner
     // makes the admin a plain member again.
@@ -378,6 +378,16 @@ fn an_action_whose_rights_are_gone_is_dropped_and_counted() {
     let (_, b3) = drain(&mut owner);
     m[0].handle_block(T0, &b3[0]).unwrap();
     assert_eq!(m[0].state().role(&m0), Some(Role::Member));
+    // Held, not dropped: the branch that took the rights away may still
+    // lose. Nothing is issued while it is not allowed.
+    assert_eq!(m[0].stats().actions_dropped, 0);
+    assert_eq!(m[0].pending(), 1);
+    let (again, _) = drain(&mut m[0]);
+    assert!(again.is_empty(), "nothing is issued while not allowed");
+    // Still not allowed once the hold ends: dropped and counted.
+    let hold = chainmail_chain::Config::default().hold_ms;
+    assert!(m[0].poll_timeout().is_some_and(|t| t <= T0 + hold));
+    m[0].handle_timeout(T0 + hold);
     assert_eq!(m[0].stats().actions_dropped, 1);
     assert_eq!(m[0].pending(), 0);
     let (again, _) = drain(&mut m[0]);
