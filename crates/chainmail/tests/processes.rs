@@ -103,6 +103,16 @@ fn received(dir: &Path) -> HashMap<String, Vec<String>> {
     out
 }
 
+/// How many of a client node's messages were acknowledged.
+fn delivered_count(dir: &Path) -> usize {
+    let Ok(text) = cli(&["events", "--data-dir", dir.to_str().unwrap()]) else {
+        return 0;
+    };
+    text.lines()
+        .filter(|line| serde_json::from_str::<Value>(line).unwrap()["kind"] == "delivered")
+        .count()
+}
+
 fn texts(dir: &Path) -> Vec<String> {
     let mut all: Vec<String> = received(dir).into_values().flatten().collect();
     all.sort();
@@ -290,6 +300,13 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
     wait_for("messages both ways", Duration::from_secs(120), || {
         (texts(&bob) == ["a0", "a1", "a2"] && texts(&alice) == ["b0", "b1", "b2"]).then_some(())
     });
+    // And their acknowledgements, so that none of them arrives at bob's
+    // providers later and is taken for one of the messages below.
+    wait_for(
+        "acknowledgements both ways",
+        Duration::from_secs(120),
+        || (delivered_count(&alice) >= 3 && delivered_count(&bob) >= 3).then_some(()),
+    );
 
     // Bob's provider 2 dies with SIGKILL while six messages are on their
     // way. Bob is paused first, so that mail piles up at provider 2 unfetched:
@@ -303,6 +320,9 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
             .unwrap()
             .success()
     );
+    // Bob's own cover (loops into his mailboxes) still on its way lands
+    // before the count starts.
+    std::thread::sleep(Duration::from_secs(1));
     let at_two = delivered_total(&nodes[2].1);
     for k in 0..6 {
         send(&alice, &bob_address, &format!("c{k}"));
