@@ -512,10 +512,7 @@ impl Client {
             return Err(MixnetError::QueueFull(self.errands.len()));
         }
         // Refused now rather than when it is its turn to leave.
-        let probe = service::encode_errand(&[0; 16], &errand, &[]);
-        if let Err(e @ MixnetError::Decoding(_)) = probe {
-            return Err(e);
-        }
+        errand.check()?;
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let answer_surbs = errand.answer_surbs();

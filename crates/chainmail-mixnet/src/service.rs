@@ -68,7 +68,7 @@ pub enum Errand {
 }
 
 impl Errand {
-    fn check(&self) -> Result<(), MixnetError> {
+    pub(crate) fn check(&self) -> Result<(), MixnetError> {
         let (key, value) = match self {
             Errand::Get { key } => (key, None),
             Errand::Put { key, value } => (key, Some(value)),
