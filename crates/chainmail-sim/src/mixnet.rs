@@ -240,26 +240,47 @@ impl Mixnet {
                 own.contains(&first),
                 "client {c} sent a packet to a node that is not one of its providers"
             );
-            let to = Endpoint::Node(self.node_index[&first]);
-            self.frames += 1;
-            net.send_lossy(
-                now,
-                Endpoint::Client(c),
-                to,
-                Wire::Frame(packet.as_bytes().to_vec()),
-            );
+            self.client_transmit(now, net, c, first, packet.as_bytes());
         }
         while let Some((provider, bytes)) = client.poll_fetch() {
             assert!(
                 own_providers(client).contains(&provider),
                 "client {c} fetched elsewhere"
             );
-            let request = self.next_request;
-            self.next_request += 1;
-            self.pending_fetches.insert(request, (c, provider));
-            let to = Endpoint::Node(self.node_index[&provider]);
-            net.send_reliable(now, Endpoint::Client(c), to, Wire::Fetch { request, bytes });
+            self.client_fetch(now, net, c, provider, bytes);
         }
+    }
+
+    /// Client `c` sends a packet to its provider `first` (a lossy link,
+    /// never duplicated: a client's link is its own connection).
+    pub fn client_transmit<X: Clone>(
+        &mut self,
+        now: Time,
+        net: &mut Network<Endpoint, Wire<X>>,
+        c: usize,
+        first: NodeId,
+        packet: &[u8],
+    ) {
+        let to = Endpoint::Node(self.node_index[&first]);
+        self.frames += 1;
+        net.send_lossy(now, Endpoint::Client(c), to, Wire::Frame(packet.to_vec()));
+    }
+
+    /// Client `c` fetches its mail from `provider` (reliably); the answer
+    /// comes back as [`Wire::FetchResponse`].
+    pub fn client_fetch<X: Clone>(
+        &mut self,
+        now: Time,
+        net: &mut Network<Endpoint, Wire<X>>,
+        c: usize,
+        provider: NodeId,
+        bytes: Vec<u8>,
+    ) {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.pending_fetches.insert(request, (c, provider));
+        let to = Endpoint::Node(self.node_index[&provider]);
+        net.send_reliable(now, Endpoint::Client(c), to, Wire::Fetch { request, bytes });
     }
 
     /// Hands a delivery to its node; what is for a client (a fetch

@@ -2,18 +2,15 @@
 //! the bearer token from `api.json` in the data directory.
 //!
 //! - `GET /v1/status`: node and client status
-//! - `POST /v1/send` `{"to": ADDRESS, "text": TEXT}`: queue a message
-//! - `GET /v1/events?after=N&wait_ms=M`: the client's event log after N,
-//!   waiting up to M ms for something new
 //! - `POST /v1/account` `{"op": ...}`: the account's requests (contacts,
-//!   messages, inbox, safety numbers; see `account::AccountRequest`)
+//!   messages, inbox, safety numbers, communities; see
+//!   `chainmail_client::AccountRequest`)
 //! - `GET /metrics`: Prometheus text
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,11 +19,10 @@ use chainmail_mixnet::{ClientStats, NodeStats};
 use chainmail_net::NetMetrics;
 use chainmail_store::StoreStats;
 use rand::RngExt;
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::{ApiCall, LoggedEvent, hex};
-use crate::tables::Table;
+use crate::runtime::ApiCall;
+use chainmail_client::hex::hex;
 
 /// A running API server.
 pub(crate) struct Api {
@@ -40,19 +36,10 @@ pub(crate) struct Api {
 struct AppState {
     calls: mpsc::Sender<ApiCall>,
     token: String,
-    events: EventSource,
 }
 
-/// Reads the event log (written by the runtime into the store).
-#[derive(Clone)]
-pub(crate) struct EventSource(pub std::sync::Arc<chainmail_store::Store>);
-
 /// Starts the API on 127.0.0.1:`port` (0: any free port).
-pub(crate) async fn serve(
-    port: u16,
-    calls: mpsc::Sender<ApiCall>,
-    events: EventSource,
-) -> Result<Api> {
+pub(crate) async fn serve(port: u16, calls: mpsc::Sender<ApiCall>) -> Result<Api> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{port} for the local API"))?;
@@ -61,13 +48,10 @@ pub(crate) async fn serve(
     let state = AppState {
         calls,
         token: token.clone(),
-        events,
     };
     let app = Router::new()
         .route("/v1/status", get(status))
-        .route("/v1/send", post(send))
         .route("/v1/account", post(account))
-        .route("/v1/events", get(events_handler))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -116,7 +100,7 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
 async fn account(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(request): Json<crate::account::AccountRequest>,
+    Json(request): Json<chainmail_client::AccountRequest>,
 ) -> Response {
     if let Some(refusal) = unauthorized(&state, &headers) {
         return refusal;
@@ -130,97 +114,6 @@ async fn account(
             .into_response(),
         Err(r) => r,
     }
-}
-
-#[derive(Deserialize)]
-struct SendBody {
-    to: String,
-    text: String,
-}
-
-async fn send(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(body): Json<SendBody>,
-) -> Response {
-    if let Some(refusal) = unauthorized(&state, &headers) {
-        return refusal;
-    }
-    match call(&state, |reply| ApiCall::Send {
-        to: body.to,
-        text: body.text,
-        reply,
-    })
-    .await
-    {
-        Ok(Ok(id)) => Json(serde_json::json!({ "id": id })).into_response(),
-        Ok(Err(e)) => (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({ "error": e })),
-        )
-            .into_response(),
-        Err(r) => r,
-    }
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    #[serde(default)]
-    after: u64,
-    #[serde(default)]
-    wait_ms: u64,
-}
-
-async fn events_handler(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
-) -> Response {
-    if let Some(refusal) = unauthorized(&state, &headers) {
-        return refusal;
-    }
-    let deadline = tokio::time::Instant::from_std(crate::clock::instant())
-        + Duration::from_millis(q.wait_ms.min(30_000));
-    loop {
-        match read_events(&state.events, q.after) {
-            Ok(events)
-                if !events.is_empty()
-                    || tokio::time::Instant::from_std(crate::clock::instant()) >= deadline =>
-            {
-                return Json(events).into_response();
-            }
-            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(e) => {
-                return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response();
-            }
-        }
-    }
-}
-
-/// The whole event log.
-pub(crate) fn read_events_all(store: &chainmail_store::Store) -> Result<Vec<LoggedEvent>> {
-    store
-        .kv_list(Table::Events.as_str())?
-        .into_iter()
-        .map(|(_, v)| serde_json::from_slice(&v).context("event log entry is damaged"))
-        .collect()
-}
-
-/// Events after `after`, at most 1000.
-pub(crate) fn read_events(source: &EventSource, after: u64) -> Result<Vec<LoggedEvent>> {
-    let mut out = Vec::new();
-    for (key, value) in source.0.kv_list(Table::Events.as_str())? {
-        let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
-            continue;
-        };
-        if seq > after {
-            out.push(serde_json::from_slice(&value).context("event log entry is damaged")?);
-        }
-        if out.len() >= 1000 {
-            break;
-        }
-    }
-    Ok(out)
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -9,7 +9,7 @@ use chainmail_session::Address;
 use serde_json::{Value, json};
 
 use crate::DataDirArg;
-use crate::account::{ContactView, HistoryEntry, SentMessage};
+use chainmail_client::{ContactView, HistoryEntry, SentMessage};
 
 /// `chainmail contact …`
 #[derive(clap::Subcommand)]
@@ -123,7 +123,7 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
         AdvisoryCommand::Keygen { out } => {
             let seed: [u8; 32] = rand::random();
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-            let text = zeroize::Zeroizing::new(format!("{}\n", crate::runtime::hex(&seed)));
+            let text = zeroize::Zeroizing::new(format!("{}\n", chainmail_client::hex::hex(&seed)));
             crate::runtime::write_private(&out, text.as_bytes())?;
             println!(
                 "secret key written to {}; put this in the network file:",
@@ -132,7 +132,7 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
             println!("[accounts]");
             println!(
                 "advisory_key = \"{}\"",
-                crate::runtime::hex(key.verifying_key().as_bytes())
+                chainmail_client::hex::hex(key.verifying_key().as_bytes())
             );
         }
         AdvisoryCommand::Sign {
@@ -147,7 +147,7 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
                 std::fs::read_to_string(&key_file)
                     .with_context(|| format!("reading {}", key_file.display()))?,
             );
-            let seed = crate::runtime::unhex_array::<32>(text.trim())
+            let seed = chainmail_client::hex::unhex_array::<32>(text.trim())
                 .with_context(|| format!("{} must hold 64 hex digits", key_file.display()))?;
             let key = ed25519_dalek::SigningKey::from_bytes(&seed);
             if network.advisory_key() != Some(key.verifying_key()) {
@@ -160,7 +160,7 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
                 unsafe_versions: versions,
             }
             .sign(&key)?;
-            std::fs::write(&out, crate::runtime::hex(&advisory.encode()?))?;
+            std::fs::write(&out, chainmail_client::hex::hex(&advisory.encode()?))?;
             println!("advisory {sequence} written to {}", out.display());
         }
         AdvisoryCommand::Publish { data, file } => {
@@ -322,31 +322,12 @@ pub(crate) async fn contact(command: ContactCommand) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn send(
-    data: &DataDirArg,
-    to: Option<String>,
-    words: Vec<String>,
-    json: bool,
-) -> Result<()> {
-    let v: Value = match (to, words.as_slice()) {
-        (Some(to), [text]) => {
-            crate::api_client::post(
-                &data.data_dir,
-                "/v1/send",
-                &json!({ "to": to, "text": text }),
-            )
-            .await?
-        }
-        (Some(_), _) => anyhow::bail!("with --to, give only the text"),
-        (None, [name, text]) => {
-            account(
-                &data.data_dir,
-                json!({ "op": "send", "to": name, "text": text }),
-            )
-            .await?
-        }
-        (None, _) => anyhow::bail!("give the contact's name and the text"),
-    };
+pub(crate) async fn send(data: &DataDirArg, to: &str, text: &str, json: bool) -> Result<()> {
+    let v: Value = account(
+        &data.data_dir,
+        json!({ "op": "send", "to": to, "text": text }),
+    )
+    .await?;
     if json {
         return print_json(&v);
     }

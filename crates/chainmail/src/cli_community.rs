@@ -528,7 +528,7 @@ async fn import(data: &DataDirArg, file: &Path, json: bool) -> Result<()> {
         let mut end = start;
         let mut chars = 0;
         while end < blocks.len()
-            && end - start < crate::community::MAX_IMPORT_BLOCKS
+            && end - start < chainmail_client::MAX_IMPORT_BLOCKS
             && (end == start || chars + blocks[end].len() <= IMPORT_CHUNK_CHARS)
         {
             chars += blocks[end].len();
@@ -548,7 +548,7 @@ async fn import(data: &DataDirArg, file: &Path, json: bool) -> Result<()> {
         }
         height = v["height"].clone();
         start = end;
-        if !json && blocks.len() > crate::community::MAX_IMPORT_BLOCKS {
+        if !json && blocks.len() > chainmail_client::MAX_IMPORT_BLOCKS {
             eprintln!("  {start}/{} blocks checked", blocks.len());
         }
     }

@@ -374,7 +374,7 @@ async fn poll(users: &[User], seen: &mut [u64; 2], sent: &mut HashMap<String, Se
         else {
             continue;
         };
-        let entries: Vec<crate::account::HistoryEntry> = serde_json::from_value(v)?;
+        let entries: Vec<chainmail_client::HistoryEntry> = serde_json::from_value(v)?;
         for e in entries {
             seen[u] = seen[u].max(e.seq);
             let Some(id) = &e.id else { continue };

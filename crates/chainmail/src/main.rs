@@ -7,11 +7,9 @@ mod api_client;
 mod cli;
 mod cli_community;
 mod clock;
-mod community;
 mod demo;
 mod network;
 mod runtime;
-mod tables;
 mod testnet;
 
 use std::path::PathBuf;
@@ -128,17 +126,14 @@ enum Command {
     /// demote, remove, ban, redact, export, import, leave.
     #[command(subcommand)]
     Community(cli_community::CommunityCommand),
-    /// Send a text to a contact (by name), or with --to a raw message to a
-    /// mixnet address.
+    /// Send a text to a contact (by name or address).
     Send {
         #[command(flatten)]
         data: DataDirArg,
-        /// A mixnet address (cmx1…) for a raw message without a session.
-        #[arg(long)]
-        to: Option<String>,
-        /// The contact's name, then the text (or only the text with --to).
-        #[arg(required = true, num_args = 1..=2)]
-        words: Vec<String>,
+        /// The contact.
+        to: String,
+        /// The text.
+        text: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -178,17 +173,6 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-    },
-    /// Print the client's events: messages received, delivered, failed.
-    Events {
-        #[command(flatten)]
-        data: DataDirArg,
-        /// Only events after this position.
-        #[arg(long, default_value_t = 0)]
-        after: u64,
-        /// Keep waiting for new events.
-        #[arg(long)]
-        follow: bool,
     },
 }
 
@@ -287,7 +271,7 @@ fn parse_roles(text: &str) -> Result<Roles> {
 }
 
 fn parse_node_id(text: &str) -> Result<NodeId> {
-    runtime::unhex_array::<32>(text)
+    chainmail_client::hex::unhex_array::<32>(text)
         .map(NodeId)
         .with_context(|| format!("provider {text:?} must be a node id: 64 hex digits"))
 }
@@ -414,9 +398,9 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
         Command::Send {
             data,
             to,
-            words,
+            text,
             json,
-        } => cli::send(&data, to, words, json).await?,
+        } => cli::send(&data, &to, &text, json).await?,
         Command::Inbox {
             data,
             after,
@@ -430,28 +414,6 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             json,
         } => cli::verify(&data, &name, mark, json).await?,
         Command::Status { data, json } => cli::status(&data, json).await?,
-        Command::Events {
-            data,
-            after,
-            follow,
-        } => {
-            let mut after = after;
-            loop {
-                let path = format!(
-                    "/v1/events?after={after}&wait_ms={}",
-                    if follow { 20_000 } else { 0 }
-                );
-                let events: Vec<runtime::LoggedEvent> =
-                    api_client::get(&data.data_dir, &path).await?;
-                for e in &events {
-                    println!("{}", serde_json::to_string(e)?);
-                    after = after.max(e.seq);
-                }
-                if !follow {
-                    break;
-                }
-            }
-        }
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -177,7 +177,7 @@ impl NetworkFile {
     /// The advisory key, if the file names a valid one.
     pub(crate) fn advisory_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
         let text = self.accounts.advisory_key.as_deref()?.trim();
-        let bytes = crate::runtime::unhex_array::<32>(text)?;
+        let bytes = chainmail_client::hex::unhex_array::<32>(text)?;
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
     }
 

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use chainmail_mixnet::message::ClientAddress;
+use chainmail_client::hex::hex;
+use chainmail_client::{Agent, AgentConfig, Input, Output, Storage, SwarmAction};
 use chainmail_mixnet::{
-    Answer, Client, ClientConfig, ClientEvent, ClientKeys, DescriptorSet, EpochDirectory, Errand,
-    ErrandId, MailboxStore, MixnetError, Node, NodeConfig, NodeEvent, Params, Roles, Time,
-    network_hash,
+    Answer, DescriptorSet, EpochDirectory, Errand, MailboxStore, MixnetError, Node, NodeConfig,
+    NodeEvent, Params, Roles, Time, network_hash,
 };
 use chainmail_net::{
     Multiaddr, Net, NetConfig, NetEvent, NetHandle, PeerId, ReplyHandle, peer_id_from_node_key,
@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::account::VaultStorage;
 use crate::network::NetworkFile;
-use crate::tables::Table;
 
 /// Software version carried in descriptors.
 pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
@@ -56,7 +56,8 @@ pub(crate) struct NodeOptions {
     pub(crate) quic_port: u16,
     /// Mix and/or provider; neither for a client-only node.
     pub(crate) roles: Roles,
-    /// Whether the node hosts its user's client.
+    /// Whether the node hosts its user's agent (the account's messenger,
+    /// mixnet client and communities).
     pub(crate) client: bool,
     /// Providers the client should use (node ids); empty: choose.
     pub(crate) providers: Vec<NodeId>,
@@ -88,17 +89,11 @@ pub(crate) struct ApiInfo {
 pub(crate) enum ApiCall {
     /// Status snapshot.
     Status(oneshot::Sender<Status>),
-    /// Send a message.
-    Send {
-        to: String,
-        text: String,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
     /// Prometheus metrics text.
     Metrics(oneshot::Sender<String>),
     /// An account request from the CLI.
     Account {
-        request: crate::account::AccountRequest,
+        request: chainmail_client::AccountRequest,
         reply: oneshot::Sender<Result<serde_json::Value, String>>,
     },
 }
@@ -132,27 +127,8 @@ pub(crate) struct Status {
     pub(crate) address: Option<String>,
     /// Messages sent and not yet acknowledged.
     pub(crate) pending: usize,
-    /// Number of events in the event log.
-    pub(crate) events: u64,
     /// Packets the client has put on its link.
     pub(crate) client_packets_sent: u64,
-}
-
-/// One entry of the client's event log (kept in the store).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub(crate) struct LoggedEvent {
-    /// Position in the log, from 1.
-    pub(crate) seq: u64,
-    /// Milliseconds since the Unix epoch.
-    pub(crate) at: u64,
-    /// "received", "delivered" or "failed".
-    pub(crate) kind: String,
-    /// Message id (hex).
-    pub(crate) id: String,
-    /// Text of a received message.
-    pub(crate) text: Option<String>,
-    /// For "delivered": milliseconds from send to acknowledgement.
-    pub(crate) after_ms: Option<u64>,
 }
 
 /// Mailboxes on redb, for the node core.
@@ -217,12 +193,6 @@ fn store_err(e: chainmail_store::StoreError) -> MixnetError {
     MixnetError::Store(e.to_string())
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredClientKeys {
-    seal: [u8; 32],
-    mailboxes: Vec<(NodeId, [u8; 32])>,
-}
-
 enum Internal {
     Fetched {
         provider: NodeId,
@@ -246,128 +216,6 @@ enum Internal {
     },
 }
 
-/// Why the hosted client sent an errand: what to do with the answer.
-enum Purpose {
-    /// One period's descriptor of an account being looked up.
-    Lookup {
-        address: chainmail_session::Address,
-        period: u64,
-    },
-    /// A publication (account descriptor, rendezvous record, advisory):
-    /// nothing waits for it; it is published again on the next refresh.
-    Publish,
-    /// The network's advisory.
-    Advisory,
-    /// A community's rendezvous record: read, then ours merged in and
-    /// published again.
-    Rendezvous {
-        community: chainmail_chain::Hash,
-        key: chainmail_chain::Hash,
-        secret: chainmail_chain::Hash,
-        period: u64,
-        me: Option<chainmail_chain::PeerEntry>,
-    },
-}
-
-/// The hosted client's errands in flight (DHT lookups and publications
-/// that other nodes carry out through the mixnet, so that no DHT node and
-/// no record names this node).
-#[derive(Default)]
-struct Errands {
-    purposes: HashMap<ErrandId, Purpose>,
-    /// Lookups not answered yet, per account.
-    lookups: HashMap<chainmail_session::Address, usize>,
-}
-
-/// Most errands of the hosted client in flight.
-const MAX_ERRANDS: usize = 1024;
-
-impl Errands {
-    /// Hands `errand` to the client; false if it refused.
-    fn start(&mut self, now: Time, client: &mut Client, errand: Errand, purpose: Purpose) -> bool {
-        if self.purposes.len() >= MAX_ERRANDS {
-            warn!("too many DHT errands in flight; one was not sent");
-            return false;
-        }
-        match client.errand(now, errand) {
-            Ok(id) => {
-                if let Purpose::Lookup { address, .. } = &purpose {
-                    *self.lookups.entry(*address).or_default() += 1;
-                }
-                self.purposes.insert(id, purpose);
-                true
-            }
-            Err(e) => {
-                warn!(error = %e, "the mixnet client refused a DHT errand");
-                false
-            }
-        }
-    }
-
-    /// An errand ended, answered (`Some`) or not (`None`). Returns an
-    /// advisory found in the DHT, for the caller to check and apply.
-    fn finish(
-        &mut self,
-        now: Time,
-        client: &mut Client,
-        account: Option<&mut crate::account::AccountDriver>,
-        id: ErrandId,
-        answer: Option<Answer>,
-    ) -> Option<Vec<u8>> {
-        let purpose = self.purposes.remove(&id)?;
-        let found = match answer {
-            Some(Answer::Found(value)) => Some(value),
-            _ => None,
-        };
-        match purpose {
-            Purpose::Publish => {}
-            Purpose::Advisory => return found,
-            Purpose::Lookup { address, period } => {
-                let account = account?;
-                if let Some(value) = found {
-                    account
-                        .messenger
-                        .handle_descriptor(now, address, period, &value);
-                }
-                let left = self.lookups.entry(address).or_default();
-                *left = left.saturating_sub(1);
-                if *left == 0 {
-                    self.lookups.remove(&address);
-                    account.messenger.handle_lookup_done(now, address);
-                }
-            }
-            Purpose::Rendezvous {
-                community,
-                key,
-                secret,
-                period,
-                me,
-            } => {
-                let mut peers = found
-                    .and_then(|v| chainmail_chain::open_peers(&secret, period, &v).ok())
-                    .unwrap_or_default();
-                let known = peers.clone();
-                if let Some(me) = me {
-                    chainmail_chain::merge_peers(&mut peers, me);
-                    let value =
-                        chainmail_chain::seal_peers(&mut rand::rng(), &secret, period, &peers);
-                    let put = Errand::Put {
-                        key: key.to_vec(),
-                        value,
-                    };
-                    self.start(now, client, put, Purpose::Publish);
-                }
-                if !known.is_empty()
-                    && let Some(account) = account
-                {
-                    account.communities.learn_peers(community, known);
-                }
-            }
-        }
-        None
-    }
-}
-
 struct Runtime {
     opts: NodeOptions,
     params: Params,
@@ -375,8 +223,9 @@ struct Runtime {
     net: NetHandle,
     id: NodeId,
     node: Option<Node<RedbMailboxes>>,
-    client: Option<Client>,
-    account: Option<crate::account::AccountDriver>,
+    /// The hosted agent and its storage (a handle on the same vault), when
+    /// the node hosts an account.
+    agent: Option<(Agent<VaultStorage>, VaultStorage)>,
     descriptors: DescriptorSet,
     directory_epoch: Option<Epoch>,
     current_directory: Option<Arc<EpochDirectory>>,
@@ -389,11 +238,7 @@ struct Runtime {
     replies: HashMap<u64, ReplyHandle>,
     next_request: u64,
     internal_tx: mpsc::Sender<Internal>,
-    errands: Errands,
     next_publish: Time,
-    next_advisory_fetch: Time,
-    event_seq: u64,
-    stored_cursors: Vec<(NodeId, u64)>,
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -482,12 +327,7 @@ pub(crate) async fn run_node(
 
     let (internal_tx, mut internal_rx) = mpsc::channel(1024);
     let (api_tx, mut api_rx) = mpsc::channel(64);
-    let api = crate::api::serve(
-        opts.api_port,
-        api_tx,
-        crate::api::EventSource(store.clone()),
-    )
-    .await?;
+    let api = crate::api::serve(opts.api_port, api_tx).await?;
     let info = ApiInfo {
         port: api.port,
         token: api.token.clone(),
@@ -500,7 +340,6 @@ pub(crate) async fn run_node(
     )?;
     info!(peer = %net.local_peer_id(), api = api.port, "node started");
 
-    let event_seq = store.kv_list(Table::Events.as_str())?.len() as u64;
     let mut rt = Runtime {
         params: params.clone(),
         descriptors: DescriptorSet::new(network_hash(&opts.network.network.id)),
@@ -509,8 +348,7 @@ pub(crate) async fn run_node(
         net,
         id,
         node,
-        client: None,
-        account: None,
+        agent: None,
         directory_epoch: None,
         current_directory: None,
         known_addresses: HashMap::new(),
@@ -520,28 +358,11 @@ pub(crate) async fn run_node(
         replies: HashMap::new(),
         next_request: 0,
         internal_tx,
-        errands: Errands::default(),
         next_publish: Time(0),
-        next_advisory_fetch: Time(0),
-        event_seq,
-        stored_cursors: Vec::new(),
     };
     if rt.opts.client {
-        rt.account = crate::account::AccountDriver::open(
-            rt.store.clone(),
-            &rt.opts.network,
-            &rt.opts.data_dir,
-            &rt.opts.unlock,
-        )
-        .context("opening the account (chainmail init creates one)")?;
-        if let Some(a) = &rt.account {
-            info!(account = %a.messenger.address().short(), "account unlocked");
-        }
-        if let Some(bytes) = rt.store.kv_get(Table::Advisory.as_str(), b"current")? {
-            let _ = rt.apply_advisory(&bytes);
-        }
+        rt.open_agent(now())?;
     }
-    rt.load_client()?;
 
     tokio::pin!(shutdown);
     loop {
@@ -596,21 +417,10 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 impl Runtime {
     fn next_wake(&self, now: Time) -> Time {
         let node = self.node.as_ref().and_then(|n| n.poll_timeout());
-        let client = self.client.as_ref().and_then(|c| c.poll_timeout());
-        let account = self
-            .account
-            .as_ref()
-            .and_then(|a| a.messenger.poll_timeout());
-        let communities = self
-            .account
-            .as_ref()
-            .and_then(|a| a.communities.poll_timeout())
-            .map(Time);
+        let agent = self.agent.as_ref().and_then(|(a, _)| a.poll_timeout());
         [
             node,
-            client,
-            account,
-            communities,
+            agent,
             Some(self.next_publish),
             Some(now + Duration::from_secs(1)),
         ]
@@ -620,89 +430,39 @@ impl Runtime {
         .unwrap_or(now)
     }
 
-    fn load_client(&mut self) -> Result<()> {
-        if !self.opts.client {
-            return Ok(());
-        }
-        let Some(bytes) = self.store.kv_get(Table::Client.as_str(), b"keys")? else {
+    /// Unlocks the account and starts its agent.
+    fn open_agent(&mut self, now: Time) -> Result<()> {
+        let Some(vault) =
+            crate::account::open_vault(self.store.clone(), &self.opts.data_dir, &self.opts.unlock)?
+        else {
+            warn!("this node has no account yet: stop it, run `chainmail init`, start it again");
             return Ok(());
         };
-        let stored: StoredClientKeys =
-            postcard::from_bytes(&bytes).context("stored client keys are damaged")?;
-        let keys = ClientKeys {
-            seal: chainmail_mixnet::message::SealKey::from_bytes(stored.seal),
-            mailboxes: stored
-                .mailboxes
-                .iter()
-                .map(|(p, k)| (*p, SigningKey::from_bytes(k)))
-                .collect(),
-        };
-        self.start_client(keys);
-        Ok(())
-    }
-
-    fn start_client(&mut self, keys: ClientKeys) {
-        let mut config = ClientConfig::new(self.params.clone());
+        let network = &self.opts.network;
+        let mut config = AgentConfig::new(
+            self.params.clone(),
+            crate::account::messenger_config(network),
+            chainmail_net::ProtocolNames::new(&network.network.id).community_topic_prefix,
+        );
+        config.advisory_key = network.advisory_key();
+        // Every few descriptor refreshes: an advisory is news for minutes,
+        // not seconds.
+        config.advisory_every = (self.opts.descriptor_refresh * 4).max(Duration::from_secs(20));
+        config.providers = self.opts.providers.clone();
+        config.home = self.opts.roles.provider.then_some(self.id);
         config.fetch_wait = Duration::from_secs(20);
-        let mut client = Client::new(config, keys, rand::rng().random());
-        if let Some(d) = &self.current_directory {
-            client.set_directory(d.clone());
-        }
-        // Pick up where a previous run stopped: what was fetched, what was seen.
-        if let Ok(Some(bytes)) = self.store.kv_get(Table::Client.as_str(), b"cursors")
-            && let Ok(cursors) = postcard::from_bytes::<Vec<(NodeId, u64)>>(&bytes)
-        {
-            for (provider, handled) in cursors {
-                client.restore_cursor(provider, handled);
-            }
-        }
-        if let Ok(log) = crate::api::read_events_all(&self.store) {
-            client.restore_seen(
-                log.iter()
-                    .filter(|e| e.kind == "received")
-                    .filter_map(|e| unhex_array::<16>(&e.id)),
-            );
-        }
-        info!(address = %client.address().to_text(), "client ready");
-        if let Some(account) = &mut self.account {
-            account.messenger.set_mixnet_address(client.address());
-        }
-        self.client = Some(client);
+        let agent = Agent::open(config, vault.clone(), now, rand::rng().random())
+            .context("opening the account")?;
+        info!(account = %agent.account_address().short(), "account unlocked");
+        self.agent = Some((agent, vault));
+        Ok(())
     }
 
-    /// Creates the client's keys once the directory lists providers.
-    fn ensure_client(&mut self, directory: &EpochDirectory) -> Result<()> {
-        if !self.opts.client || self.client.is_some() || directory.providers.len() < 2 {
-            return Ok(());
+    /// Gives the agent an input, if there is one.
+    fn give_agent(&mut self, now: Time, input: Input) {
+        if let Some((agent, _)) = &mut self.agent {
+            agent.handle(now, input);
         }
-        let mut providers: Vec<NodeId> = self.opts.providers.clone();
-        if providers.is_empty() {
-            let mut candidates: Vec<NodeId> = directory.providers.iter().map(|p| p.id).collect();
-            // Prefer this node when it is a provider; pick the rest at random.
-            if let Some(i) = candidates.iter().position(|p| *p == self.id) {
-                providers.push(candidates.remove(i));
-            }
-            let mut rng = rand::rng();
-            while providers.len() < 2 && !candidates.is_empty() {
-                providers.push(candidates.remove(rng.random_range(0..candidates.len())));
-            }
-        }
-        let keys = ClientKeys::generate(&mut rand::rng(), &providers);
-        let stored = StoredClientKeys {
-            seal: *keys.seal.to_bytes(),
-            mailboxes: keys
-                .mailboxes
-                .iter()
-                .map(|(p, k)| (*p, k.to_bytes()))
-                .collect(),
-        };
-        self.store.kv_put(
-            Table::Client.as_str(),
-            b"keys",
-            &postcard::to_stdvec(&stored)?,
-        )?;
-        self.start_client(keys);
-        Ok(())
     }
 
     async fn on_net(&mut self, now: Time, event: NetEvent) {
@@ -719,11 +479,14 @@ impl Runtime {
                 bytes,
                 id,
             } => {
-                let verdict = match &mut self.account {
-                    Some(a) => a
-                        .communities
-                        .handle_topic(now.0, &topic, source.to_bytes(), &bytes),
-                    None => chainmail_net::Verdict::Ignore,
+                let verdict = match &mut self.agent {
+                    Some((a, _)) => a.handle_topic(now, &topic, source.to_bytes(), &bytes),
+                    None => chainmail_client::Verdict::Ignore,
+                };
+                let verdict = match verdict {
+                    chainmail_client::Verdict::Accept => chainmail_net::Verdict::Accept,
+                    chainmail_client::Verdict::Ignore => chainmail_net::Verdict::Ignore,
+                    chainmail_client::Verdict::Reject => chainmail_net::Verdict::Reject,
                 };
                 // Relayed only if valid here too.
                 let _ = self.net.validate(id, verdict).await;
@@ -735,19 +498,28 @@ impl Runtime {
                     self.peers_seen.insert(peer.to_string());
                 }
                 self.sync_descriptors(peer);
-                if let (Some(client), Ok(key)) = (
-                    &mut self.client,
-                    chainmail_net::node_key_from_peer_id(&peer),
-                ) {
-                    client.set_node_down(NodeId(key), false);
+                if let Ok(key) = chainmail_net::node_key_from_peer_id(&peer) {
+                    let node = NodeId(key);
+                    self.give_agent(
+                        now,
+                        Input::Reachable {
+                            node,
+                            reachable: true,
+                        },
+                    );
                 }
             }
             NetEvent::PeerDisconnected { peer } => {
                 self.peers = self.peers.saturating_sub(1);
                 if let Ok(key) = chainmail_net::node_key_from_peer_id(&peer) {
-                    if let Some(client) = &mut self.client {
-                        client.set_node_down(NodeId(key), true);
-                    }
+                    let node = NodeId(key);
+                    self.give_agent(
+                        now,
+                        Input::Reachable {
+                            node,
+                            reachable: false,
+                        },
+                    );
                     // Try to get the connection back; routes avoid the node meanwhile.
                     let net = self.net.clone();
                     tokio::spawn(async move {
@@ -759,6 +531,11 @@ impl Runtime {
             NetEvent::ListeningOn { addr } => {
                 self.listen_addrs.push(addr);
                 self.next_publish = now;
+                let identity = Input::SwarmIdentity {
+                    peer: self.net.local_peer_id().to_bytes(),
+                    addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                };
+                self.give_agent(now, identity);
             }
             _ => {}
         }
@@ -775,10 +552,10 @@ impl Runtime {
                 }
                 None => drop(reply),
             },
-            Some((&REQ_COMMUNITY, body)) => match &mut self.account {
-                Some(a) => {
+            Some((&REQ_COMMUNITY, body)) => match &mut self.agent {
+                Some((a, _)) => {
                     let max = reply.max_response_size();
-                    let response = a.communities.answer_sync(now.0, body, max - 64);
+                    let response = a.answer_sync(now, body, max - 64);
                     let _ = reply.send(response);
                 }
                 None => drop(reply),
@@ -823,35 +600,28 @@ impl Runtime {
     fn on_internal(&mut self, now: Time, internal: Internal) {
         match internal {
             Internal::Fetched { provider, result } => {
-                if let Some(client) = &mut self.client {
-                    match result {
-                        Ok(bytes) => client.handle_fetch_response(now, provider, &bytes),
-                        Err(e) => {
-                            debug!(error = %e, "fetch failed");
-                            client.handle_fetch_failed(now, provider);
-                        }
+                let input = match result {
+                    Ok(bytes) => Input::FetchAnswer { provider, bytes },
+                    Err(e) => {
+                        debug!(error = %e, "fetch failed");
+                        Input::FetchFailed { provider }
                     }
-                }
+                };
+                self.give_agent(now, input);
             }
             Internal::Descriptors(all) => {
                 for bytes in all.iter().take(10_000) {
                     self.learn_descriptor(now, bytes);
                 }
             }
-            Internal::Stamp { job, stamp } => {
-                if let Some(a) = &mut self.account {
-                    a.messenger.handle_stamp(job, stamp);
-                }
-            }
+            Internal::Stamp { job, stamp } => self.give_agent(now, Input::Stamp { job, stamp }),
             Internal::ErrandDone { token, answer } => {
                 if let Some(node) = &mut self.node {
                     node.handle_errand_answer(now, token, answer);
                 }
             }
             Internal::CommunitySync { community, bytes } => {
-                if let Some(a) = &mut self.account {
-                    a.communities.handle_sync_response(now.0, community, &bytes);
-                }
+                self.give_agent(now, Input::SyncAnswer { community, bytes })
             }
         }
     }
@@ -861,54 +631,12 @@ impl Runtime {
             ApiCall::Status(reply) => {
                 let _ = reply.send(self.status(now));
             }
-            ApiCall::Send { to, text, reply } => {
-                let result = match (&mut self.client, ClientAddress::from_text(&to)) {
-                    (None, _) => Err(
-                        "this node has no client yet (no directory, or started without --client)"
-                            .into(),
-                    ),
-                    (_, Err(e)) => Err(e.to_string()),
-                    (Some(client), Ok(address)) => client
-                        .send(now, &address, text.as_bytes())
-                        .map(|id| hex(&id))
-                        .map_err(|e| e.to_string()),
-                };
-                let _ = reply.send(result);
-            }
             ApiCall::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
             }
-            ApiCall::Account {
-                request: crate::account::AccountRequest::AdvisoryPublish { advisory },
-                reply,
-            } => {
-                let result = unhex(&advisory)
-                    .ok_or_else(|| "the advisory must be hex".to_string())
-                    .and_then(|bytes| {
-                        self.client.as_ref().ok_or_else(|| {
-                            "this node has no mixnet client yet (no directory, or started \
-                             without --client): the advisory travels through the mixnet"
-                                .to_string()
-                        })?;
-                        let key = chainmail_session::advisory_dht_key(&network_hash(
-                            &self.opts.network.network.id,
-                        ));
-                        let sequence = self.apply_advisory(&bytes)?;
-                        let put = Errand::Put {
-                            key: key.to_vec(),
-                            value: bytes,
-                        };
-                        let client = self.client.as_mut().ok_or("no mixnet client")?;
-                        if !self.errands.start(now, client, put, Purpose::Publish) {
-                            return Err("the advisory could not be queued; try again".into());
-                        }
-                        Ok(serde_json::json!({ "sequence": sequence }))
-                    });
-                let _ = reply.send(result);
-            }
             ApiCall::Account { request, reply } => {
-                let result = match &mut self.account {
-                    Some(a) => a.handle(now, request),
+                let result = match &mut self.agent {
+                    Some((agent, _)) => agent.request(now, request),
                     None => Err(if self.opts.client {
                         "this node has no account: stop it, run `chainmail init`, start it again"
                             .into()
@@ -916,43 +644,20 @@ impl Runtime {
                         "this node runs without --client, so it has no account".into()
                     }),
                 };
+                // What the request changed is stored before the answer.
+                if let Err(e) = self.flush(now) {
+                    warn!(error = %e, "storing what a request changed failed");
+                    let _ = reply.send(Err(format!("storing it failed: {e:#}")));
+                    return;
+                }
                 let _ = reply.send(result);
             }
         }
     }
 
-    /// Checks an advisory against the network's advisory key, gives it to
-    /// the account and keeps it if it is the newest seen. Its sequence.
-    fn apply_advisory(&mut self, bytes: &[u8]) -> Result<u64, String> {
-        let key = self
-            .opts
-            .network
-            .advisory_key()
-            .ok_or_else(|| "this network's file names no advisory key".to_string())?;
-        let network = network_hash(&self.opts.network.network.id);
-        let advisory = chainmail_session::Advisory::decode_verified(bytes, &key, &network)
-            .map_err(|e| e.to_string())?;
-        let sequence = advisory.body.sequence;
-        let stored = self
-            .store
-            .kv_get(Table::Advisory.as_str(), b"current")
-            .ok()
-            .flatten()
-            .and_then(|b| chainmail_session::Advisory::decode_verified(&b, &key, &network).ok())
-            .map(|a| a.body.sequence);
-        if stored.is_none_or(|s| s < sequence) {
-            self.store
-                .kv_put(Table::Advisory.as_str(), b"current", bytes)
-                .map_err(|e| e.to_string())?;
-        }
-        if let Some(a) = &mut self.account {
-            a.messenger.set_advisory(advisory);
-        }
-        Ok(sequence)
-    }
-
     fn status(&self, now: Time) -> Status {
         let d = self.current_directory.as_ref();
+        let client = self.agent.as_ref().and_then(|(a, _)| a.client());
         Status {
             peer_id: self.net.local_peer_id().to_string(),
             node_id: hex(&self.id.0),
@@ -967,31 +672,37 @@ impl Runtime {
                 .unwrap_or_default(),
             providers: d.map_or(0, |d| d.providers.len()),
             directory_complete: d.is_some_and(|d| d.is_complete()),
-            address: self.client.as_ref().map(|c| c.address().to_text()),
-            pending: self.client.as_ref().map_or(0, Client::pending),
-            events: self.event_seq,
-            client_packets_sent: self.client.as_ref().map_or(0, |c| c.stats().packets_sent()),
+            address: client.map(|c| c.address().to_text()),
+            pending: client.map_or(0, |c| c.pending()),
+            client_packets_sent: client.map_or(0, |c| c.stats().packets_sent()),
         }
     }
 
     fn metrics(&self) -> String {
-        let mut text = self.core_metrics();
-        if let Some(a) = &self.account {
+        let agent = self.agent.as_ref().map(|(a, _)| a);
+        let mut text = crate::api::render_metrics(
+            self.node.as_ref().map(|n| (n.stats(), n.queue_len())),
+            agent.and_then(|a| a.client()).map(|c| c.stats()),
+            &self.net.metrics(),
+            self.store.mailbox_stats().ok(),
+            agent.map(|a| a.messenger().stats()),
+        );
+        if let Some(a) = agent {
             let families = [
                 (
                     "chainmail_community_refused_total",
                     "Community records, blocks, sync answers, imports and join letters refused, by kind.",
-                    a.communities.refused(),
+                    a.community_refused(),
                 ),
                 (
                     "chainmail_community_records_out_of_date_total",
                     "Gossiped records that raced their blocks (already included, anchor not here yet, anchored to another branch or overtaken since): not refusals.",
-                    a.communities.out_of_date(),
+                    a.community_out_of_date(),
                 ),
                 (
                     "chainmail_community_own_records_dropped_total",
                     "Our own posts and actions whose block or anchor lost and that could not be made again on the new tip (their rights are gone), by kind.",
-                    a.communities.own_dropped(),
+                    a.community_own_dropped(),
                 ),
             ];
             for (name, help, by_kind) in families {
@@ -1001,72 +712,35 @@ impl Runtime {
                     .collect();
                 crate::api::counter(&mut text, name, help, &samples);
             }
+            let stats = a.stats();
+            crate::api::counter(
+                &mut text,
+                "chainmail_agent_dropped_total",
+                "What the agent could not use, by reason: mixnet messages that were not session traffic, DHT advisories that did not verify, errands not sent, storage reads that failed.",
+                &[
+                    ("{reason=\"unreadable\"}".into(), stats.unreadable),
+                    ("{reason=\"advisory\"}".into(), stats.advisories_refused),
+                    ("{reason=\"errand\"}".into(), a.errands_refused()),
+                    ("{reason=\"storage\"}".into(), stats.storage_errors),
+                ],
+            );
         }
         text
-    }
-
-    fn core_metrics(&self) -> String {
-        crate::api::render_metrics(
-            self.node.as_ref().map(|n| (n.stats(), n.queue_len())),
-            self.client.as_ref().map(Client::stats),
-            &self.net.metrics(),
-            self.store.mailbox_stats().ok(),
-            self.account.as_ref().map(|a| a.messenger.stats()),
-        )
     }
 
     /// Time passes: timers of the cores, directory, descriptor publication;
     /// then store what must be durable, then send.
     async fn tick(&mut self, now: Time) -> Result<()> {
-        self.refresh_directory(now)?;
+        self.refresh_directory(now);
         if let Some(node) = &mut self.node
             && node.poll_timeout().is_some_and(|t| t <= now)
         {
             node.handle_timeout(now);
         }
-        if let Some(client) = &mut self.client
-            && client.poll_timeout().is_some_and(|t| t <= now)
+        if let Some((agent, _)) = &mut self.agent
+            && agent.poll_timeout().is_some_and(|t| t <= now)
         {
-            client.handle_timeout(now);
-        }
-        if let Some(account) = &mut self.account
-            && account.messenger.poll_timeout().is_some_and(|t| t <= now)
-        {
-            account.messenger.handle_timeout(now);
-        }
-        if let Some(account) = &mut self.account {
-            let me = chainmail_chain::PeerEntry {
-                peer: self.net.local_peer_id().to_bytes(),
-                addrs: self
-                    .listen_addrs
-                    .iter()
-                    .take(chainmail_chain::MAX_ADDRS)
-                    .map(|a| a.to_string())
-                    .collect(),
-                published: now.0,
-            };
-            account.communities.me = Some(me);
-            if account
-                .communities
-                .poll_timeout()
-                .is_some_and(|t| t <= now.0)
-            {
-                account.communities.handle_timeout(now.0);
-            }
-        }
-        if self.account.is_some()
-            && self.opts.network.advisory_key().is_some()
-            && now >= self.next_advisory_fetch
-            && let Some(client) = &mut self.client
-        {
-            // Every few descriptor refreshes: an advisory is news for
-            // minutes, not seconds.
-            self.next_advisory_fetch =
-                now + (self.opts.descriptor_refresh * 4).max(Duration::from_secs(20));
-            let key =
-                chainmail_session::advisory_dht_key(&network_hash(&self.opts.network.network.id));
-            let get = Errand::Get { key: key.to_vec() };
-            self.errands.start(now, client, get, Purpose::Advisory);
+            agent.handle_timeout(now);
         }
         if now >= self.next_publish {
             self.next_publish = now + self.opts.descriptor_refresh;
@@ -1075,41 +749,37 @@ impl Runtime {
         self.flush(now)
     }
 
-    fn refresh_directory(&mut self, now: Time) -> Result<()> {
+    fn refresh_directory(&mut self, now: Time) {
         let epoch = self.params.epoch_at(now);
         if self.directory_epoch == Some(epoch) {
-            return Ok(());
+            return;
         }
         self.directory_epoch = Some(epoch);
         self.descriptors.prune(now);
         let next = Epoch(epoch.0 + 1);
         let current = Arc::new(self.descriptors.epoch_directory(epoch, &self.params, now));
         let upcoming = Arc::new(self.descriptors.epoch_directory(next, &self.params, now));
-        self.ensure_client(&current)?;
-        self.connect_to_directory();
         for d in [&current, &upcoming] {
             if let Some(node) = &mut self.node {
                 node.set_directory(d.clone());
             }
-            if let Some(client) = &mut self.client {
-                client.set_directory(d.clone());
-            }
+            self.give_agent(now, Input::Directory(d.clone()));
         }
+        self.connect_to_directory();
         self.current_directory = Some(current);
-        Ok(())
     }
 
     /// Connects to the nodes packets go to. A mix or provider keeps a
     /// connection to every node of the directory (the packet protocol
-    /// never dials); a client-only node only to its own providers, so that
-    /// no other node ever sees its address.
+    /// never dials); a client-only node only to its agent's providers, so
+    /// that no other node ever sees its address.
     fn connect_to_directory(&mut self) {
         let only: Option<std::collections::HashSet<NodeId>> =
             if self.opts.roles.mix || self.opts.roles.provider {
                 None
             } else {
-                Some(match &self.client {
-                    Some(client) => client.address().mailboxes.iter().map(|(p, _)| *p).collect(),
+                Some(match &self.agent {
+                    Some((agent, _)) => agent.providers().into_iter().collect(),
                     None => self.opts.providers.iter().copied().collect(),
                 })
             };
@@ -1169,7 +839,8 @@ impl Runtime {
         }
     }
 
-    /// Stores replay tags, rotated keys and received messages, then sends.
+    /// Stores replay tags, rotated keys and what the agent asks to keep,
+    /// then sends.
     fn flush(&mut self, now: Time) -> Result<()> {
         let mut local_packets = Vec::new();
         let mut local_fetches = Vec::new();
@@ -1219,140 +890,90 @@ impl Runtime {
                 }
             }
         }
-        let mut advisories = Vec::new();
-        if let Some(client) = &mut self.client {
-            while let Some(event) = client.poll_event() {
-                let ended = match &event {
-                    ClientEvent::Answered { id, answer } => Some((*id, Some(answer.clone()))),
-                    ClientEvent::ErrandFailed { id } => Some((*id, None)),
-                    _ => None,
-                };
-                if let Some((id, answer)) = ended {
-                    let account = self.account.as_mut();
-                    if let Some(found) = self.errands.finish(now, client, account, id, answer) {
-                        advisories.push(found);
+        if let Some((agent, storage)) = &mut self.agent {
+            while let Some(output) = agent.poll_output() {
+                match output {
+                    // Durable before any output after it is carried out.
+                    Output::Persist(batch) => {
+                        storage.write(&batch).context("storing the account")?
                     }
-                    continue;
-                }
-                // Session traffic goes to the account; the rest (raw sends)
-                // to the event log.
-                if let Some(account) = &mut self.account {
-                    match &event {
-                        ClientEvent::Received { body, .. }
-                            if chainmail_session::Fragment::decode(body).is_ok() =>
-                        {
-                            account.messenger.handle_received(now, body);
-                            continue;
+                    Output::Transmit { provider, packet } => {
+                        if provider == self.id {
+                            local_packets.push(packet);
+                        } else {
+                            send_frame(&self.net, &provider, packet.as_bytes());
                         }
-                        ClientEvent::Delivered { id, .. } => {
-                            account.messenger.handle_mixnet_delivered(id)
-                        }
-                        ClientEvent::Failed { id } => account.messenger.handle_mixnet_failed(id),
-                        _ => {}
                     }
-                }
-                if let Some(logged) = log_entry(now, &event, self.event_seq + 1) {
-                    self.event_seq += 1;
-                    let json = serde_json::to_vec(&logged)?;
-                    self.store.kv_put(
-                        Table::Events.as_str(),
-                        &self.event_seq.to_be_bytes(),
-                        &json,
-                    )?;
-                }
-            }
-            if let Some(account) = &mut self.account {
-                // Stored before anything it caused leaves (a published
-                // descriptor names one-time keys that must survive a crash).
-                // What the actions change (mixnet ids) is written with the
-                // next batch; a restart hands undelivered fragments out again.
-                account.persist(now).context("storing the account")?;
-                while let Some(action) = account.messenger.poll_action() {
-                    run_account_action(
-                        now,
-                        &self.internal_tx,
-                        client,
-                        account,
-                        &mut self.errands,
-                        action,
-                    );
-                }
-                while let Some(action) = account.communities.poll_action() {
-                    run_community_action(
-                        now,
-                        &self.net,
-                        &self.internal_tx,
-                        client,
-                        &mut self.errands,
-                        action,
-                    );
-                }
-            }
-            // With the messages stored, the cursors move: the next fetch
-            // deletes those items at the provider.
-            let cursors = client.cursors();
-            if cursors != self.stored_cursors {
-                self.store.kv_put(
-                    Table::Client.as_str(),
-                    b"cursors",
-                    &postcard::to_stdvec(&cursors)?,
-                )?;
-                self.stored_cursors = cursors;
-            }
-            while let Some((first_hop, packet)) = client.poll_transmit() {
-                if first_hop == self.id {
-                    local_packets.push(packet);
-                } else {
-                    send_frame(&self.net, &first_hop, packet.as_bytes());
-                }
-            }
-            while let Some((provider, bytes)) = client.poll_fetch() {
-                if provider == self.id {
-                    if let Some(node) = &mut self.node {
-                        let request = self.next_request | (1 << 63);
-                        self.next_request += 1;
-                        node.handle_fetch(now, request, &bytes);
-                    }
-                } else {
-                    let net = self.net.clone();
-                    let tx = self.internal_tx.clone();
-                    tokio::spawn(async move {
-                        let result = match peer_id_from_node_key(&provider.0) {
-                            Ok(peer) => {
-                                let mut request = vec![REQ_FETCH];
-                                request.extend_from_slice(&bytes);
-                                net.request(peer, request).await.map_err(|e| e.to_string())
+                    Output::Fetch { provider, request } => {
+                        if provider == self.id {
+                            if let Some(node) = &mut self.node {
+                                let id = self.next_request | (1 << 63);
+                                self.next_request += 1;
+                                node.handle_fetch(now, id, &request);
                             }
-                            Err(e) => Err(e.to_string()),
-                        };
-                        let _ = tx.send(Internal::Fetched { provider, result }).await;
-                    });
+                        } else {
+                            fetch(&self.net, &self.internal_tx, provider, request);
+                        }
+                    }
+                    Output::MintStamp {
+                        job,
+                        challenge,
+                        day,
+                        difficulty,
+                    } => {
+                        let tx = self.internal_tx.clone();
+                        tokio::spawn(async move {
+                            let minted = tokio::task::spawn_blocking(move || {
+                                chainmail_session::Stamp::mint(&challenge, day, difficulty, |_| {
+                                    true
+                                })
+                            })
+                            .await;
+                            if let Ok(Some(stamp)) = minted {
+                                let _ = tx.send(Internal::Stamp { job, stamp }).await;
+                            }
+                        });
+                    }
+                    Output::Swarm(action) => run_swarm_action(&self.net, &self.internal_tx, action),
+                    Output::Shown(entry) => debug!(kind = %entry.kind, "shown"),
                 }
             }
         }
-        for bytes in advisories {
-            if let Err(e) = self.apply_advisory(&bytes) {
-                debug!(error = %e, "advisory in the DHT refused");
-            }
-        }
-        // The node's answers to the hosted client's fetches, and packets the
-        // client entered through this node itself.
+        // The node's answers to the hosted agent's fetches, and packets the
+        // agent entered through this node itself.
+        let again = !local_packets.is_empty();
         for (_, bytes) in local_fetches {
-            if let Some(client) = &mut self.client {
-                client.handle_fetch_response(now, self.id, &bytes);
+            let provider = self.id;
+            self.give_agent(now, Input::FetchAnswer { provider, bytes });
+        }
+        if let Some(node) = &mut self.node {
+            for packet in local_packets {
+                node.handle_packet(now, packet.as_bytes());
             }
         }
-        if !local_packets.is_empty() {
-            if let Some(node) = &mut self.node {
-                for packet in local_packets {
-                    node.handle_packet(now, packet.as_bytes());
-                }
-            }
+        if again {
             // What they produced goes out in the same turn.
             return self.flush(now);
         }
         Ok(())
     }
+}
+
+/// Fetches mail from a provider for the hosted agent.
+fn fetch(net: &NetHandle, tx: &mpsc::Sender<Internal>, provider: NodeId, bytes: Vec<u8>) {
+    let net = net.clone();
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let result = match peer_id_from_node_key(&provider.0) {
+            Ok(peer) => {
+                let mut request = vec![REQ_FETCH];
+                request.extend_from_slice(&bytes);
+                net.request(peer, request).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = tx.send(Internal::Fetched { provider, result }).await;
+    });
 }
 
 /// Carries out an errand for a client: the DHT operation it asks for,
@@ -1380,80 +1001,6 @@ fn carry_out_errand(net: &NetHandle, tx: &mpsc::Sender<Internal>, token: u64, er
     });
 }
 
-/// Carries out one action of the messenger core.
-fn run_account_action(
-    now: Time,
-    internal: &mpsc::Sender<Internal>,
-    client: &mut Client,
-    account: &mut crate::account::AccountDriver,
-    errands: &mut Errands,
-    action: chainmail_session::Action,
-) {
-    use chainmail_session::Action;
-    match action {
-        Action::Transmit {
-            tag,
-            to,
-            body,
-            acknowledged: true,
-        } => match client.send(now, &to, &body) {
-            Ok(id) => account.messenger.handle_transmitted(tag, id),
-            Err(e) => {
-                warn!(error = %e, "the mixnet client refused a message");
-                account.messenger.handle_transmit_failed(tag);
-            }
-        },
-        Action::Transmit {
-            to,
-            body,
-            acknowledged: false,
-            ..
-        } => {
-            if let Err(e) = client.send_unacknowledged(now, &to, &body) {
-                debug!(error = %e, "the mixnet client refused a receipt");
-            }
-        }
-        // Publications and lookups travel through the mixnet to a provider
-        // that carries them out: no DHT node learns this node.
-        Action::Publish { key, value, .. } => {
-            let put = Errand::Put {
-                key: key.to_vec(),
-                value,
-            };
-            errands.start(now, client, put, Purpose::Publish);
-        }
-        Action::Lookup { address, keys } => {
-            let mut started = 0;
-            for (period, key) in keys {
-                let get = Errand::Get { key: key.to_vec() };
-                if errands.start(now, client, get, Purpose::Lookup { address, period }) {
-                    started += 1;
-                }
-            }
-            if started == 0 {
-                account.messenger.handle_lookup_done(now, address);
-            }
-        }
-        Action::MintStamp {
-            job,
-            challenge,
-            day,
-            difficulty,
-        } => {
-            let tx = internal.clone();
-            tokio::spawn(async move {
-                let minted = tokio::task::spawn_blocking(move || {
-                    chainmail_session::Stamp::mint(&challenge, day, difficulty, |_| true)
-                })
-                .await;
-                if let Ok(Some(stamp)) = minted {
-                    let _ = tx.send(Internal::Stamp { job, stamp }).await;
-                }
-            });
-        }
-    }
-}
-
 fn send_frame(net: &NetHandle, to: &NodeId, bytes: &[u8; chainmail_packet::PACKET_SIZE]) {
     let Ok(peer) = peer_id_from_node_key(&to.0) else {
         return;
@@ -1463,96 +1010,35 @@ fn send_frame(net: &NetHandle, to: &NodeId, bytes: &[u8; chainmail_packet::PACKE
     }
 }
 
-fn log_entry(now: Time, event: &ClientEvent, seq: u64) -> Option<LoggedEvent> {
-    let (kind, id, text, after_ms) = match event {
-        ClientEvent::Received { id, body } => (
-            "received",
-            id,
-            Some(String::from_utf8_lossy(body).into_owned()),
-            None,
-        ),
-        ClientEvent::Delivered { id, after } => {
-            ("delivered", id, None, Some(after.as_millis() as u64))
-        }
-        ClientEvent::Failed { id } => ("failed", id, None, None),
-        ClientEvent::LoopReturned { .. }
-        | ClientEvent::Answered { .. }
-        | ClientEvent::ErrandFailed { .. } => return None,
-    };
-    Some(LoggedEvent {
-        seq,
-        at: now.0,
-        kind: kind.into(),
-        id: hex(id),
-        text,
-        after_ms,
-    })
-}
-
-/// Bytes from hex (either case); `None` if it is not hex.
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect()
-}
-
-/// Exactly `N` bytes from hex.
-pub(crate) fn unhex_array<const N: usize>(text: &str) -> Option<[u8; N]> {
-    unhex(text)?.try_into().ok()
-}
-
-/// Lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Carries out what the communities need from the network.
-fn run_community_action(
-    now: Time,
-    net: &NetHandle,
-    tx: &mpsc::Sender<Internal>,
-    client: &mut Client,
-    errands: &mut Errands,
-    action: crate::community::NetAction,
-) {
-    use crate::community::NetAction;
+/// Carries out the agent's community swarm traffic (which reveals this
+/// node to the community's members).
+fn run_swarm_action(net: &NetHandle, tx: &mpsc::Sender<Internal>, action: SwarmAction) {
     let net = net.clone();
     let tx = tx.clone();
     match action {
-        NetAction::Subscribe(topic) => {
+        SwarmAction::Subscribe(topic) => {
             tokio::spawn(async move {
                 if let Err(e) = net.subscribe(topic).await {
                     warn!(error = %e, "cannot join a community topic");
                 }
             });
         }
-        NetAction::Unsubscribe(topic) => {
+        SwarmAction::Unsubscribe(topic) => {
             tokio::spawn(async move {
                 let _ = net.unsubscribe(topic).await;
             });
         }
-        NetAction::Publish { topic, bytes } => {
+        SwarmAction::Publish { topic, bytes } => {
             // No subscribed peer yet is fine: sync repairs what gossip misses.
             tokio::spawn(async move {
                 let _ = net.publish_to(topic, bytes).await;
             });
         }
-        NetAction::Sync {
+        SwarmAction::Sync {
             community,
-            peers,
+            peer: entry,
             request,
         } => {
-            let pick = rand::rng().random_range(0..peers.len().max(1));
-            let Some(entry) = peers.get(pick).cloned() else {
-                return;
-            };
             tokio::spawn(async move {
                 let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
                     return;
@@ -1575,25 +1061,6 @@ fn run_community_action(
                         .await;
                 }
             });
-        }
-        NetAction::Rendezvous {
-            community,
-            key,
-            secret,
-            period,
-            me,
-        } => {
-            // Read through the mixnet; ours is merged in and published
-            // again when the answer comes (`Errands::finish`).
-            let get = Errand::Get { key: key.to_vec() };
-            let purpose = Purpose::Rendezvous {
-                community,
-                key,
-                secret,
-                period,
-                me,
-            };
-            errands.start(now, client, get, purpose);
         }
     }
 }

@@ -16,7 +16,8 @@ use rand::RngExt;
 use crate::network::{
     AccountSection, EpochSection, MailboxSection, MixingSection, NetworkFile, NetworkSection,
 };
-use crate::runtime::{Status, hex};
+use crate::runtime::Status;
+use chainmail_client::hex::hex;
 
 /// One node of a local network.
 pub(crate) struct LocalNode {

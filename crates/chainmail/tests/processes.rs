@@ -86,49 +86,63 @@ fn wait_or_explain<T>(
     }
 }
 
-/// The "received" events of a client node: id → texts.
-fn received(dir: &Path) -> HashMap<String, Vec<String>> {
-    let mut out: HashMap<String, Vec<String>> = HashMap::new();
-    let Ok(text) = cli(&["events", "--data-dir", dir.to_str().unwrap()]) else {
-        return out;
-    };
-    for line in text.lines() {
-        let e: Value = serde_json::from_str(line).unwrap();
-        if e["kind"] == "received" {
-            out.entry(e["id"].as_str().unwrap().into())
-                .or_default()
-                .push(e["text"].as_str().unwrap().into());
-        }
-    }
-    out
-}
-
-/// How many of a client node's messages were acknowledged.
-fn delivered_count(dir: &Path) -> usize {
-    let Ok(text) = cli(&["events", "--data-dir", dir.to_str().unwrap()]) else {
-        return 0;
+/// The inbox entries of one kind; none while the node is not running.
+fn inbox_or_none(dir: &Path, kind: &str) -> Vec<Value> {
+    let Ok(text) = cli(&["inbox", "--json", "--data-dir", dir.to_str().unwrap()]) else {
+        return Vec::new();
     };
     text.lines()
-        .filter(|line| serde_json::from_str::<Value>(line).unwrap()["kind"] == "delivered")
-        .count()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == kind)
+        .collect()
 }
 
+/// The texts of the messages an account was shown, sorted.
 fn texts(dir: &Path) -> Vec<String> {
-    let mut all: Vec<String> = received(dir).into_values().flatten().collect();
+    let mut all: Vec<String> = inbox_or_none(dir, "message")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_string())
+        .collect();
     all.sort();
     all
 }
 
-fn send(from: &Path, to: &str, text: &str) -> String {
-    cli(&[
-        "send",
+/// How many of an account's messages were acknowledged.
+fn delivered_count(dir: &Path) -> usize {
+    inbox_or_none(dir, "state")
+        .iter()
+        .filter(|e| e["state"] == "delivered")
+        .count()
+}
+
+/// Sends `text` to the contact `to`.
+fn send(from: &Path, to: &str, text: &str) {
+    cli_ok(&["send", to, text, "--data-dir", from.to_str().unwrap()]);
+}
+
+/// `a` asks `b` (whose account address is `b_address`) to talk and `b`
+/// accepts; each knows the other by the other's directory name.
+fn befriend(a: &Path, b: &Path, b_address: &str) {
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+    cli_ok(&[
+        "contact",
+        "add",
+        b_address,
+        "--name",
+        &name(b),
         "--data-dir",
-        from.to_str().unwrap(),
-        "--to",
-        to,
-        text,
-    ])
-    .unwrap_or_else(|e| panic!("send failed: {e}"))
+        &d(a),
+    ]);
+    wait_for("the contact request", Duration::from_secs(120), || {
+        contact_state(b, &name(a))
+            .is_some_and(|s| s == "request-received")
+            .then_some(())
+    });
+    cli_ok(&["contact", "accept", &name(a), "--data-dir", &d(b)]);
+    wait_for("the acceptance", Duration::from_secs(120), || {
+        (contact_state(a, &name(b)).as_deref() == Some("accepted")).then_some(())
+    });
 }
 
 fn pid(dir: &Path) -> u32 {
@@ -289,13 +303,16 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
     // Two users on different providers: alice on 0 and 1, bob on 2 and 3.
     let alice = root.join("alice");
     let bob = root.join("bob");
-    let alice_address = start_client(&mut procs, &network, &alice, &[&nodes[0].0, &nodes[1].0]);
-    let bob_address = start_client(&mut procs, &network, &bob, &[&nodes[2].0, &nodes[3].0]);
+    init_account(&network, &alice, "alice", &[]);
+    let bob_address = init_account(&network, &bob, "bob", &[]);
+    start_client(&mut procs, &network, &alice, &[&nodes[0].0, &nodes[1].0]);
+    start_client(&mut procs, &network, &bob, &[&nodes[2].0, &nodes[3].0]);
+    befriend(&alice, &bob, &bob_address);
 
     // Messages both ways, each received exactly once.
     for k in 0..3 {
-        send(&alice, &bob_address, &format!("a{k}"));
-        send(&bob, &alice_address, &format!("b{k}"));
+        send(&alice, "bob", &format!("a{k}"));
+        send(&bob, "alice", &format!("b{k}"));
     }
     wait_for("messages both ways", Duration::from_secs(120), || {
         (texts(&bob) == ["a0", "a1", "a2"] && texts(&alice) == ["b0", "b1", "b2"]).then_some(())
@@ -325,7 +342,7 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
     std::thread::sleep(Duration::from_secs(1));
     let at_two = delivered_total(&nodes[2].1);
     for k in 0..6 {
-        send(&alice, &bob_address, &format!("c{k}"));
+        send(&alice, "bob", &format!("c{k}"));
     }
     wait_for(
         "provider 2 to hold some of the messages",
@@ -363,7 +380,7 @@ fn local_network_delivers_survives_a_provider_crash_and_a_restart() {
     kill9(&bob);
     let before = delivered_total(&nodes[3].1);
     for k in 0..3 {
-        send(&alice, &bob_address, &format!("d{k}"));
+        send(&alice, "bob", &format!("d{k}"));
     }
     wait_for(
         "the mail to be stored at provider 3",
@@ -413,8 +430,11 @@ fn messages_flow_across_key_rotations() {
     let network = root.join("network.toml");
     let alice = root.join("alice");
     let bob = root.join("bob");
-    let alice_address = start_client(&mut procs, &network, &alice, &[&nodes[0].0, &nodes[1].0]);
-    let bob_address = start_client(&mut procs, &network, &bob, &[&nodes[2].0, &nodes[3].0]);
+    init_account(&network, &alice, "alice", &[]);
+    let bob_address = init_account(&network, &bob, "bob", &[]);
+    start_client(&mut procs, &network, &alice, &[&nodes[0].0, &nodes[1].0]);
+    start_client(&mut procs, &network, &bob, &[&nodes[2].0, &nodes[3].0]);
+    befriend(&alice, &bob, &bob_address);
     let epoch = |dir: &Path| status(dir).and_then(|s| s["epoch"].as_u64());
     let first_epoch = epoch(&alice).unwrap();
 
@@ -423,8 +443,8 @@ fn messages_flow_across_key_rotations() {
     let mut k = 0;
     while epoch(&alice).unwrap() < first_epoch + 4 {
         let (a, b) = (format!("a{k:03}"), format!("b{k:03}"));
-        send(&alice, &bob_address, &a);
-        send(&bob, &alice_address, &b);
+        send(&alice, "bob", &a);
+        send(&bob, "alice", &b);
         expected_bob.push(a);
         expected_alice.push(b);
         k += 1;

@@ -1,34 +1,46 @@
-//! The node's side of communities: each community the account belongs to
-//! (a `chainmail-chain` core), its blocks and secrets in the account's
-//! vault, invites and join requests through the end-to-end sessions, and
-//! what the runtime must do on the network (gossip, sync, rendezvous).
+//! The agent's communities: each community the account belongs to (a
+//! `chainmail-chain` core), its blocks and secrets in the agent's storage,
+//! invites and join requests through the end-to-end sessions, and what the
+//! driver must do on the community swarm (gossip, sync) or through the
+//! mixnet (rendezvous).
 //!
-//! Vault tables: `communities` (one JSON record per community: genesis,
+//! Tables: `communities` (one JSON record per community: genesis,
 //! member secret, community keys, unsent posts, known peers, open invites),
 //! `community-blocks` (community id ‖ block id → block), `invites`
 //! (invitations received, by token).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use anyhow::{Context, Result};
 use chainmail_chain::{
     Block, Community, Config, Event, Genesis, Hash, Letter, LogWhat, MemberId, MemberSecret,
     Output, PeerEntry, Policy, Received, Role, Saved, SyncRequest, SyncResponse, merge_peers,
 };
-use chainmail_net::Verdict;
 use chainmail_session::{Address, Messenger};
-use chainmail_store::Vault;
-use rand::RngExt;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::runtime::{hex, unhex, unhex_array};
-use crate::tables::Table;
+use crate::hex::{hex, unhex, unhex_array};
+use crate::storage::{Batch, Storage, StorageError, Table};
+
+/// Whether a gossiped message is relayed: valid input is accepted, input
+/// that cannot count any more is ignored, refused input is rejected (and
+/// its sender scored down by the swarm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: relay it.
+    Accept,
+    /// Not wrong, but of no use: do not relay.
+    Ignore,
+    /// Invalid: do not relay, and count it against the sender.
+    Reject,
+}
 
 /// First byte of a topic message: a record or a block follows.
-pub(crate) const TOPIC_RECORD: u8 = 1;
+const TOPIC_RECORD: u8 = 1;
 /// First byte of a topic message carrying a block.
-pub(crate) const TOPIC_BLOCK: u8 = 2;
+const TOPIC_BLOCK: u8 = 2;
 /// How often a member asks a peer for blocks it may have missed.
 const SYNC_EVERY_MS: u64 = 10_000;
 /// … while waiting to be admitted.
@@ -38,25 +50,15 @@ const MAX_FAILED_POSTS: usize = 32;
 /// How often the rendezvous record is refreshed.
 const RENDEZVOUS_EVERY_MS: u64 = 120_000;
 /// Most blocks in one import request (the CLI sends a file in parts).
-pub(crate) const MAX_IMPORT_BLOCKS: usize = 256;
+pub const MAX_IMPORT_BLOCKS: usize = 256;
 /// Length of a rendezvous period.
-pub(crate) const RENDEZVOUS_PERIOD_MS: u64 = 3_600_000;
+const RENDEZVOUS_PERIOD_MS: u64 = 3_600_000;
 
-/// What the runtime must do on the network for the communities.
+/// What the communities need done: on the swarm, or a rendezvous
+/// (which the agent carries through the mixnet).
 #[derive(Debug)]
 pub(crate) enum NetAction {
-    Subscribe(String),
-    Unsubscribe(String),
-    Publish {
-        topic: String,
-        bytes: Vec<u8>,
-    },
-    /// Ask one of `peers` (peer id bytes) for blocks.
-    Sync {
-        community: Hash,
-        peers: Vec<PeerEntry>,
-        request: Vec<u8>,
-    },
+    Swarm(SwarmAction),
     /// Merge our entry into the rendezvous record and look the others up.
     Rendezvous {
         community: Hash,
@@ -65,6 +67,36 @@ pub(crate) enum NetAction {
         period: u64,
         /// Our own entry, merged in.
         me: Option<PeerEntry>,
+    },
+}
+
+/// Community swarm traffic: gossip on a community's topic and block sync
+/// with other members' nodes. Unlike everything else the agent sends, it
+/// goes straight to other members' nodes and so reveals this node (peer id
+/// and addresses) to the community's members: a driver carries it out only
+/// where the user accepted that (DESIGN.md §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwarmAction {
+    /// Join a community's topic.
+    Subscribe(String),
+    /// Leave a community's topic.
+    Unsubscribe(String),
+    /// Gossip `bytes` on `topic`.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// A record or block, with its kind byte.
+        bytes: Vec<u8>,
+    },
+    /// Ask `peer` for blocks with `request`; the answer goes to
+    /// [`crate::Input::SyncAnswer`].
+    Sync {
+        /// Which community.
+        community: Hash,
+        /// The member's node to ask.
+        peer: PeerEntry,
+        /// The encoded sync request.
+        request: Vec<u8>,
     },
 }
 
@@ -92,17 +124,26 @@ struct StoredCommunity {
 }
 
 /// An invitation we received.
-#[derive(Clone, Serialize, Deserialize)]
-pub(crate) struct InviteView {
-    pub(crate) token: String,
-    pub(crate) community: String,
-    pub(crate) name: String,
-    pub(crate) from: String,
-    pub(crate) from_name: String,
-    pub(crate) at: u64,
-    pub(crate) genesis: String,
-    pub(crate) peers: Vec<(String, Vec<String>)>,
-    pub(crate) joined: bool,
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteView {
+    /// The invitation's token (hex).
+    pub token: String,
+    /// The community's id (hex).
+    pub community: String,
+    /// The community's name.
+    pub name: String,
+    /// Who invited us (address).
+    pub from: String,
+    /// Their name in our contacts.
+    pub from_name: String,
+    /// When it arrived (ms since the Unix epoch).
+    pub at: u64,
+    /// The community's genesis (hex).
+    pub genesis: String,
+    /// Members' nodes to sync from: peer id (hex) and addresses.
+    pub peers: Vec<(String, Vec<String>)>,
+    /// Whether we asked to join.
+    pub joined: bool,
 }
 
 struct Entry {
@@ -176,7 +217,8 @@ pub(crate) struct Hub {
     communities: HashMap<Hash, Entry>,
     topic_prefix: String,
     actions: VecDeque<NetAction>,
-    writes: Vec<(String, Vec<u8>, Vec<u8>)>,
+    writes: Batch,
+    rng: StdRng,
     /// Our own peer entry (peer id and listen addresses).
     pub(crate) me: Option<PeerEntry>,
     /// Community letters from contacts that were malformed or named a
@@ -214,17 +256,24 @@ fn role_name(r: Option<Role>) -> &'static str {
 
 impl Hub {
     /// The communities stored in the account's vault.
-    pub(crate) fn load(vault: &Vault, topic_prefix: String, now_ms: u64) -> Result<Hub> {
+    pub(crate) fn load(
+        storage: &impl Storage,
+        topic_prefix: String,
+        now_ms: u64,
+        seed: u64,
+    ) -> Result<Hub, StorageError> {
+        let damaged = |what: &str| StorageError(format!("a stored community's {what} is damaged"));
         let mut hub = Hub {
             communities: HashMap::new(),
             topic_prefix,
             actions: VecDeque::new(),
-            writes: Vec::new(),
+            writes: Batch::default(),
+            rng: StdRng::seed_from_u64(seed),
             me: None,
             letters_refused: 0,
         };
         let mut blocks: HashMap<Hash, Vec<Block>> = HashMap::new();
-        for (key, value) in vault.list(Table::CommunityBlocks.as_str())? {
+        for (key, value) in storage.list(Table::CommunityBlocks)? {
             if key.len() == 64
                 && let Ok(block) = Block::decode(&value)
             {
@@ -233,14 +282,14 @@ impl Hub {
                 blocks.entry(id).or_default().push(block);
             }
         }
-        for (_, value) in vault.list(Table::Communities.as_str())? {
+        for (_, value) in storage.list(Table::Communities)? {
             let stored: StoredCommunity =
-                serde_json::from_slice(&value).context("a stored community is damaged")?;
+                serde_json::from_slice(&value).map_err(|_| damaged("record"))?;
             let genesis = Genesis::decode(&unhex(&stored.genesis).unwrap_or_default())
-                .context("a stored community's genesis is damaged")?;
+                .map_err(|_| damaged("genesis"))?;
             let secret = unhex_array::<64>(&stored.secret)
                 .map(|b| MemberSecret::from_bytes(&b))
-                .context("a stored community's key is damaged")?;
+                .ok_or_else(|| damaged("key"))?;
             let saved = Saved {
                 secret,
                 keys: stored
@@ -253,7 +302,7 @@ impl Hub {
             let id = genesis.id();
             let core = Community::restore(
                 config(),
-                rand::rng().random(),
+                hub.rng.random(),
                 genesis,
                 saved,
                 blocks.remove(&id).unwrap_or_default(),
@@ -276,19 +325,18 @@ impl Hub {
         Ok(hub)
     }
 
-    /// Network work to do.
+    /// Work to do on the swarm or through the mixnet.
     pub(crate) fn poll_action(&mut self) -> Option<NetAction> {
         self.actions.pop_front()
     }
 
-    /// Vault writes for the next batch.
-    pub(crate) fn take_writes(&mut self) -> Vec<(String, Vec<u8>, Vec<u8>)> {
+    /// Writes for the next batch.
+    pub(crate) fn take_writes(&mut self) -> Batch {
         for (id, e) in &mut self.communities {
             for b in e.unsaved.drain(..) {
                 let mut key = id.to_vec();
                 key.extend_from_slice(&b.id());
-                self.writes
-                    .push((Table::CommunityBlocks.into(), key, b.encode()));
+                self.writes.put(Table::CommunityBlocks, key, b.encode());
             }
             if e.dirty {
                 e.dirty = false;
@@ -308,8 +356,7 @@ impl Hub {
                     failed: e.failed.clone(),
                 };
                 if let Ok(json) = serde_json::to_vec(&stored) {
-                    self.writes
-                        .push((Table::Communities.into(), id.to_vec(), json));
+                    self.writes.put(Table::Communities, id.to_vec(), json);
                 }
             }
         }
@@ -344,11 +391,12 @@ impl Hub {
                         JOIN_SYNC_EVERY_MS
                     };
                 if !e.peers.is_empty() && (e.core.is_member() || e.core.chain().height() == 0) {
-                    self.actions.push_back(NetAction::Sync {
+                    let peer = e.peers[self.rng.random_range(0..e.peers.len())].clone();
+                    self.actions.push_back(NetAction::Swarm(SwarmAction::Sync {
                         community: id,
-                        peers: e.peers.clone(),
+                        peer,
                         request: e.core.sync_request(now_ms),
-                    });
+                    }));
                 }
             }
             if now_ms >= e.next_rendezvous {
@@ -386,10 +434,12 @@ impl Hub {
             // that rotated it (it is gossiped on the new topic) get it by
             // their next sync, at most SYNC_EVERY_MS later.
             if let Some(old) = e.topic.take() {
-                self.actions.push_back(NetAction::Unsubscribe(old));
+                self.actions
+                    .push_back(NetAction::Swarm(SwarmAction::Unsubscribe(old)));
             }
             if let Some(new) = &topic {
-                self.actions.push_back(NetAction::Subscribe(new.clone()));
+                self.actions
+                    .push_back(NetAction::Swarm(SwarmAction::Subscribe(new.clone())));
                 e.next_rendezvous = now_ms;
             }
             e.topic = topic;
@@ -401,10 +451,11 @@ impl Hub {
                     if let Some(topic) = &e.topic {
                         let mut msg = vec![TOPIC_RECORD];
                         msg.extend_from_slice(&bytes);
-                        self.actions.push_back(NetAction::Publish {
-                            topic: topic.clone(),
-                            bytes: msg,
-                        });
+                        self.actions
+                            .push_back(NetAction::Swarm(SwarmAction::Publish {
+                                topic: topic.clone(),
+                                bytes: msg,
+                            }));
                     }
                 }
                 Output::Block(bytes) => {
@@ -415,19 +466,21 @@ impl Hub {
                     if let Some(topic) = &e.topic {
                         let mut msg = vec![TOPIC_BLOCK];
                         msg.extend_from_slice(&bytes);
-                        self.actions.push_back(NetAction::Publish {
-                            topic: topic.clone(),
-                            bytes: msg,
-                        });
+                        self.actions
+                            .push_back(NetAction::Swarm(SwarmAction::Publish {
+                                topic: topic.clone(),
+                                bytes: msg,
+                            }));
                     }
                 }
                 Output::Fetch(ids) => {
                     if !e.peers.is_empty() {
-                        self.actions.push_back(NetAction::Sync {
+                        let peer = e.peers[self.rng.random_range(0..e.peers.len())].clone();
+                        self.actions.push_back(NetAction::Swarm(SwarmAction::Sync {
                             community: id,
-                            peers: e.peers.clone(),
+                            peer,
                             request: e.core.fetch_request(now_ms, ids),
-                        });
+                        }));
                     }
                 }
             }
@@ -606,7 +659,7 @@ impl Hub {
     pub(crate) fn handle_letter(
         &mut self,
         now_ms: u64,
-        vault_invites: &mut Vec<(String, Vec<u8>, Vec<u8>)>,
+        writes: &mut Batch,
         from: Address,
         from_name: String,
         body: &[u8],
@@ -636,7 +689,7 @@ impl Hub {
                     joined: false,
                 };
                 let json = serde_json::to_vec(&view).ok()?;
-                vault_invites.push((Table::Invites.into(), token.to_vec(), json));
+                writes.put(Table::Invites, token.to_vec(), json);
                 Some((view.token, view.name))
             }
             Ok(Letter::Join {
@@ -759,7 +812,7 @@ impl Hub {
         now_ms: u64,
         messenger: &mut Messenger,
         invites: &[InviteView],
-        writes: &mut Vec<(String, Vec<u8>, Vec<u8>)>,
+        writes: &mut Batch,
         request: CommunityRequest,
     ) -> Result<Value, String> {
         match request {
@@ -767,7 +820,7 @@ impl Hub {
                 let my_name = me.unwrap_or_else(|| messenger.name().to_owned());
                 let core = Community::create(
                     config(),
-                    rand::rng().random(),
+                    self.rng.random(),
                     &my_name,
                     &name,
                     Policy::default(),
@@ -845,7 +898,7 @@ impl Hub {
                 }
                 let from: Address = inv.from.parse().map_err(err)?;
                 let token = unhex_array::<16>(&inv.token).ok_or("bad token")?;
-                let secret = MemberSecret::generate(&mut rand::rng());
+                let secret = MemberSecret::generate(&mut self.rng);
                 let my_name = me.unwrap_or_else(|| messenger.name().to_owned());
                 let letter = Letter::Join {
                     community: id,
@@ -856,7 +909,7 @@ impl Hub {
                 messenger
                     .send_community(chainmail_mixnet::Time(now_ms), &from, letter.encode())
                     .map_err(err)?;
-                let core = Community::join(config(), rand::rng().random(), genesis, secret);
+                let core = Community::join(config(), self.rng.random(), genesis, secret);
                 let peers = inv
                     .peers
                     .iter()
@@ -873,7 +926,7 @@ impl Hub {
                 let mut joined = inv.clone();
                 joined.joined = true;
                 if let Ok(json) = serde_json::to_vec(&joined) {
-                    writes.push((Table::Invites.into(), token.to_vec(), json));
+                    writes.put(Table::Invites, token.to_vec(), json);
                 }
                 self.after(id, now_ms);
                 Ok(self.summary(&id))
@@ -1071,48 +1124,75 @@ fn rank(role: &str) -> u8 {
     }
 }
 
-/// Community requests of the CLI (`POST /v1/account`, op `community`).
+/// Community requests of the CLI and API (`POST /v1/account`, op
+/// `community`). Communities, members, invitations and records are named by
+/// name or by a prefix of their hex id.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
-pub(crate) enum CommunityRequest {
+pub enum CommunityRequest {
+    /// Start a community of which we are the owner.
     Create {
+        /// Its name.
         name: String,
+        /// Our name in it (default: our account's name).
         me: Option<String>,
     },
+    /// Our communities.
     List,
+    /// Invite a contact (moderators and above).
     Invite {
+        /// Which community.
         community: String,
+        /// The contact's name.
         contact: String,
     },
+    /// Invitations received.
     Invites,
+    /// Ask to join through an invitation.
     Join {
+        /// The invitation's token, the community's id or name.
         invite: String,
+        /// Our name in it (default: our account's name).
         me: Option<String>,
     },
+    /// Post a text.
     Post {
+        /// Which community.
         community: String,
+        /// The text.
         text: String,
     },
+    /// The community's log after a height.
     Log {
+        /// Which community.
         community: String,
+        /// Entries above this height.
         after: u64,
     },
+    /// Its members and their roles.
     Members {
+        /// Which community.
         community: String,
     },
     /// The stored blocks, parents first, hex-encoded.
     Export {
+        /// Which community.
         community: String,
     },
     /// Blocks (hex) to verify and add, as if they came from the swarm.
     Import {
+        /// Which community.
         community: String,
+        /// At most [`MAX_IMPORT_BLOCKS`] blocks.
         blocks: Vec<String>,
     },
     /// promote, demote, remove, ban, redact, leave.
     Act {
+        /// Which community.
         community: String,
+        /// What to do.
         action: String,
+        /// A member, or a record for `redact` (ignored for `leave`).
         target: String,
     },
 }

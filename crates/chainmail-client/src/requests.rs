@@ -1,0 +1,146 @@
+//! What the user asks of the agent and what it shows: the typed requests of
+//! the CLI and the local API, the history, sent messages and contacts.
+
+use serde::{Deserialize, Serialize};
+
+use crate::community::CommunityRequest;
+
+/// One entry of the account's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HistoryEntry {
+    /// Position, from 1.
+    pub seq: u64,
+    /// When it happened here (ms since the Unix epoch).
+    pub at: u64,
+    /// `message`, `request`, `accepted`, `denied`, `key-changed`,
+    /// `unsafe-version`, `lookup-failed`, `state`, `community-invite` (id:
+    /// the invitation's token, text: the community's name).
+    pub kind: String,
+    /// The contact's address.
+    pub contact: String,
+    /// The contact's name.
+    pub name: String,
+    /// Message id (hex), for messages and states.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Text of a message or request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// A message's new state, for `state`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The sender's position of a message in the conversation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+/// A message this account sent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SentMessage {
+    /// Id (hex).
+    pub id: String,
+    /// Recipient address.
+    pub to: String,
+    /// Recipient name.
+    pub name: String,
+    /// The text.
+    pub text: String,
+    /// queued, sent, delivered, failed.
+    pub state: String,
+    /// When it was sent (ms).
+    pub at: u64,
+    /// When its state last changed (ms).
+    pub changed: u64,
+}
+
+/// A contact as the CLI shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContactView {
+    /// Our name for them.
+    pub name: String,
+    /// Their address.
+    pub address: String,
+    /// looking-up, request-sent, request-received, accepted, denied, …
+    pub state: String,
+    /// Whether we compared safety numbers.
+    pub verified: bool,
+    /// Their keys changed since we last verified them.
+    pub key_changed: bool,
+    /// The client version their descriptor names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_version: Option<String>,
+    /// The text of their contact request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_text: Option<String>,
+    /// The network's advisory lists their client version as unsafe.
+    pub unsafe_version: bool,
+}
+
+/// Requests of the CLI and the local API (`POST /v1/account`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum AccountRequest {
+    /// Our address, name and identity key.
+    Whoami,
+    /// The identity seed, to move the account to a new device.
+    ExportIdentity,
+    /// Send a contact request.
+    ContactAdd {
+        /// Their address.
+        address: String,
+        /// Our name for them.
+        name: String,
+        /// A message with the request.
+        message: Option<String>,
+    },
+    /// Every contact.
+    ContactList,
+    /// Contact requests waiting for an answer.
+    ContactRequests,
+    /// Accept a contact request.
+    ContactAccept {
+        /// The contact.
+        name: String,
+    },
+    /// Deny a contact request (they are told).
+    ContactDeny {
+        /// The contact.
+        name: String,
+    },
+    /// Ignore a contact request (they are not told).
+    ContactIgnore {
+        /// The contact.
+        name: String,
+    },
+    /// Send a text to a contact.
+    Send {
+        /// The contact's name or address.
+        to: String,
+        /// The text.
+        text: String,
+    },
+    /// The history after a position.
+    Inbox {
+        /// Entries after this position.
+        after: u64,
+    },
+    /// The messages we sent, with their states.
+    Sent,
+    /// A contact's safety number; with `mark`, mark them verified.
+    Verify {
+        /// The contact.
+        name: String,
+        /// Mark them verified.
+        mark: bool,
+    },
+    /// A signed advisory (hex) for the agent to check, apply and publish.
+    AdvisoryPublish {
+        /// The encoded advisory, hex.
+        advisory: String,
+    },
+    /// A community request.
+    Community {
+        /// What to do.
+        community: CommunityRequest,
+    },
+}
