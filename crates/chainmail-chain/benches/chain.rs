@@ -442,7 +442,14 @@ fn sync_over_loopback(mut responder: Community, length: u64) {
                 let request = member.sync_request(NOW);
                 request_sizes.push(request.len());
                 sent += request.len();
-                let response = client.request(server_peer, request).await.unwrap();
+                let response = client
+                    .request(
+                        server_peer,
+                        chainmail_net::RequestKind::CommunitySync,
+                        request,
+                    )
+                    .await
+                    .unwrap();
                 received += response.len();
                 rounds += 1;
                 let progress = member.handle_sync_response(NOW, &response).unwrap();
@@ -461,7 +468,16 @@ fn sync_over_loopback(mut responder: Community, length: u64) {
                 let mut request = vec![0u8; (*size).max(5)];
                 request[0] = RAW;
                 request[1..5].copy_from_slice(&(n as u32).to_be_bytes());
-                black_box(client.request(server_peer, request).await.unwrap());
+                black_box(
+                    client
+                        .request(
+                            server_peer,
+                            chainmail_net::RequestKind::CommunitySync,
+                            request,
+                        )
+                        .await
+                        .unwrap(),
+                );
             }
             best_raw = best_raw.min(start.elapsed().as_secs_f64());
         }

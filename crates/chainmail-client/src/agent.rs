@@ -26,12 +26,15 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::community::{CommunityRequest, Hub, InviteView, NetAction, SwarmAction, Verdict};
 use crate::errands::{Errands, Purpose};
 use crate::hex::hex;
-use crate::requests::{AccountRequest, ContactView, HistoryEntry, SentMessage};
+use crate::requests::{
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
+    Queued, Response, SafetyNumberView, SentMessage, Whoami,
+};
 use crate::storage::{Batch, Storage, StorageError, Table};
 
 /// How an agent behaves.
@@ -919,16 +922,18 @@ impl<S: Storage> Agent<S> {
 
     /// A user's request (CLI, API, a page); what it changed goes out with
     /// the outputs that follow.
-    pub fn request(&mut self, now: Time, request: AccountRequest) -> Result<Value, String> {
+    pub fn request(&mut self, now: Time, request: AccountRequest) -> Result<Response, String> {
         let result = self.answer(now, request);
         self.flush(now);
         result
     }
 
-    fn answer(&mut self, now: Time, request: AccountRequest) -> Result<Value, String> {
+    fn answer(&mut self, now: Time, request: AccountRequest) -> Result<Response, String> {
         let m = &mut self.messenger;
         match request {
-            AccountRequest::Community { community } => self.community(now, community),
+            AccountRequest::Community { community } => {
+                self.community(now, community).map(Response::Community)
+            }
             AccountRequest::AdvisoryPublish { advisory } => {
                 let bytes = crate::hex::unhex(&advisory)
                     .ok_or_else(|| "the advisory must be hex".to_string())?;
@@ -949,15 +954,15 @@ impl<S: Storage> Agent<S> {
                 if !self.errands.start(now, client, put, Purpose::Publish) {
                     return Err("the advisory could not be queued; try again".into());
                 }
-                Ok(json!({ "sequence": sequence }))
+                Ok(Response::AdvisoryPublished(AdvisoryPublished { sequence }))
             }
-            AccountRequest::Whoami => Ok(json!({
-                "address": m.address().to_string(),
-                "name": m.name(),
-                "olm_identity_key": hex(&m.curve_key()),
+            AccountRequest::Whoami => Ok(Response::Whoami(Whoami {
+                address: m.address().to_string(),
+                name: m.name().to_owned(),
+                olm_identity_key: hex(&m.curve_key()),
             })),
-            AccountRequest::ExportIdentity => Ok(json!({
-                "identity_seed": hex(&m.account().identity_seed()[..]),
+            AccountRequest::ExportIdentity => Ok(Response::IdentityExport(IdentityExport {
+                identity_seed: hex(&m.account().identity_seed()[..]),
             })),
             AccountRequest::ContactAdd {
                 address,
@@ -967,31 +972,47 @@ impl<S: Storage> Agent<S> {
                 let address: Address = address.parse().map_err(|e| format!("{e}"))?;
                 m.add_contact(now, address, &name, message.as_deref())
                     .map_err(|e| e.to_string())?;
-                Ok(json!({ "name": name, "address": address.to_string(), "state": "looking-up" }))
+                Ok(Response::Contact(ContactChange {
+                    name,
+                    address: Some(address.to_string()),
+                    state: "looking-up".into(),
+                }))
             }
-            AccountRequest::ContactList => Ok(json!(
-                m.contacts().map(|c| Self::view(m, c)).collect::<Vec<_>>()
+            AccountRequest::ContactList => Ok(Response::Contacts(
+                m.contacts().map(|c| Self::view(m, c)).collect(),
             )),
-            AccountRequest::ContactRequests => Ok(json!(
+            AccountRequest::ContactRequests => Ok(Response::Contacts(
                 m.contacts()
                     .filter(|c| c.state == ContactState::RequestReceived)
                     .map(|c| Self::view(m, c))
-                    .collect::<Vec<_>>()
+                    .collect(),
             )),
             AccountRequest::ContactAccept { name } => {
                 let a = self.contact_address(&name)?;
                 self.messenger.accept(now, &a).map_err(|e| e.to_string())?;
-                Ok(json!({ "name": name, "state": "accepted" }))
+                Ok(Response::Contact(ContactChange {
+                    name,
+                    address: None,
+                    state: "accepted".into(),
+                }))
             }
             AccountRequest::ContactDeny { name } => {
                 let a = self.contact_address(&name)?;
                 self.messenger.deny(now, &a).map_err(|e| e.to_string())?;
-                Ok(json!({ "name": name, "state": "denied" }))
+                Ok(Response::Contact(ContactChange {
+                    name,
+                    address: None,
+                    state: "denied".into(),
+                }))
             }
             AccountRequest::ContactIgnore { name } => {
                 let a = self.contact_address(&name)?;
                 self.messenger.ignore(&a).map_err(|e| e.to_string())?;
-                Ok(json!({ "name": name, "state": "ignored" }))
+                Ok(Response::Contact(ContactChange {
+                    name,
+                    address: None,
+                    state: "ignored".into(),
+                }))
             }
             AccountRequest::Send { to, text } => {
                 let a = self.contact_address(&to)?;
@@ -1016,7 +1037,10 @@ impl<S: Storage> Agent<S> {
                 let bytes = serde_json::to_vec(&sent).map_err(|e| e.to_string())?;
                 self.batch
                     .put(Table::Sent, sent.id.clone().into_bytes(), bytes);
-                Ok(json!({ "id": sent.id, "state": sent.state }))
+                Ok(Response::Queued(Queued {
+                    id: sent.id,
+                    state: sent.state,
+                }))
             }
             AccountRequest::Inbox { after } => {
                 // Only the entries asked for are read: positions are
@@ -1036,7 +1060,7 @@ impl<S: Storage> Agent<S> {
                         out.push(entry);
                     }
                 }
-                Ok(json!(out))
+                Ok(Response::History(out))
             }
             AccountRequest::Sent => {
                 let mut out: Vec<SentMessage> = self
@@ -1047,7 +1071,7 @@ impl<S: Storage> Agent<S> {
                     .filter_map(|(_, v)| serde_json::from_slice(v).ok())
                     .collect();
                 out.sort_by_key(|s| s.at);
-                Ok(json!(out))
+                Ok(Response::Sent(out))
             }
             AccountRequest::Verify { name, mark } => {
                 let a = self.contact_address(&name)?;
@@ -1063,12 +1087,12 @@ impl<S: Storage> Agent<S> {
                     .messenger
                     .contact(&a)
                     .ok_or_else(|| "no such contact".to_string())?;
-                Ok(json!({
-                    "name": c.name,
-                    "safety_number": number.to_string(),
-                    "lines": number.lines(),
-                    "verified": c.verified,
-                    "key_changed": c.key_changed,
+                Ok(Response::SafetyNumber(SafetyNumberView {
+                    name: c.name.clone(),
+                    safety_number: number.to_string(),
+                    lines: number.lines().to_vec(),
+                    verified: c.verified,
+                    key_changed: c.key_changed,
                 }))
             }
         }

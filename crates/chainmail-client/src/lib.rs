@@ -24,5 +24,8 @@ mod storage;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentStats, Input, Output, new_account};
 pub use community::{CommunityRequest, InviteView, MAX_IMPORT_BLOCKS, SwarmAction, Verdict};
-pub use requests::{AccountRequest, ContactView, HistoryEntry, SentMessage};
+pub use requests::{
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
+    Queued, Response, SafetyNumberView, SentMessage, Whoami,
+};
 pub use storage::{Batch, MemoryStorage, Record, Storage, StorageError, Table};

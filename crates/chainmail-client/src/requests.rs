@@ -144,3 +144,98 @@ pub enum AccountRequest {
         community: CommunityRequest,
     },
 }
+
+/// Who the account is.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Whoami {
+    /// The account's address.
+    pub address: String,
+    /// The name it introduces itself with.
+    pub name: String,
+    /// Its Olm identity key (hex): changes only with a new device.
+    pub olm_identity_key: String,
+}
+
+/// The identity seed, to move the account to a new device (secret).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+pub struct IdentityExport {
+    /// 32 bytes, hex.
+    pub identity_seed: String,
+}
+
+impl std::fmt::Debug for IdentityExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityExport(…)")
+    }
+}
+
+/// A contact's new state after a request about them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContactChange {
+    /// Our name for them.
+    pub name: String,
+    /// Their address (for a new contact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `looking-up`, `accepted`, `denied`, `ignored`.
+    pub state: String,
+}
+
+/// A message handed to the messenger.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Queued {
+    /// Its id (hex).
+    pub id: String,
+    /// Its state: `queued` or `sent`.
+    pub state: String,
+}
+
+/// A contact's safety number.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SafetyNumberView {
+    /// Our name for them.
+    pub name: String,
+    /// The number, in one line.
+    pub safety_number: String,
+    /// The number in three lines, to read out.
+    pub lines: Vec<String>,
+    /// Whether they are marked verified.
+    pub verified: bool,
+    /// Their keys changed since they were last verified.
+    pub key_changed: bool,
+}
+
+/// An advisory checked, applied and on its way to the DHT.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AdvisoryPublished {
+    /// Its sequence number.
+    pub sequence: u64,
+}
+
+/// The answer to an [`AccountRequest`]; it serializes as the type it holds
+/// (the local API's JSON), and whoever asked knows which one to expect.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Response {
+    /// [`AccountRequest::Whoami`].
+    Whoami(Whoami),
+    /// [`AccountRequest::ExportIdentity`].
+    IdentityExport(IdentityExport),
+    /// Adding, accepting, denying or ignoring a contact.
+    Contact(ContactChange),
+    /// [`AccountRequest::ContactList`], [`AccountRequest::ContactRequests`].
+    Contacts(Vec<ContactView>),
+    /// [`AccountRequest::Send`].
+    Queued(Queued),
+    /// [`AccountRequest::Inbox`].
+    History(Vec<HistoryEntry>),
+    /// [`AccountRequest::Sent`].
+    Sent(Vec<SentMessage>),
+    /// [`AccountRequest::Verify`].
+    SafetyNumber(SafetyNumberView),
+    /// [`AccountRequest::AdvisoryPublish`].
+    AdvisoryPublished(AdvisoryPublished),
+    /// [`AccountRequest::Community`]: a community's summary, log, members,
+    /// export or import report, as JSON.
+    Community(serde_json::Value),
+}

@@ -233,7 +233,8 @@ impl Run {
         while let Some(Output::Persist(batch)) = person.agent.poll_output() {
             person.storage.write(&batch).unwrap();
         }
-        answer.unwrap_or_else(|e| panic!("{}: {e}", person.name))
+        let answer = answer.unwrap_or_else(|e| panic!("{}: {e}", person.name));
+        serde_json::to_value(answer).unwrap()
     }
 
     fn inbox(&mut self, p: usize, kind: &str) -> Vec<HistoryEntry> {

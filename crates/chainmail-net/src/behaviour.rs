@@ -42,6 +42,8 @@ pub(crate) struct NodeBehaviour {
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) gossipsub: Gossipsub,
     pub(crate) fetch: request_response::Behaviour<FetchCodec>,
+    pub(crate) descriptors: request_response::Behaviour<FetchCodec>,
+    pub(crate) community_sync: request_response::Behaviour<FetchCodec>,
     pub(crate) packet: packet::Behaviour,
 }
 
@@ -155,19 +157,26 @@ impl NodeBehaviour {
                 reason: format!("cannot subscribe to the descriptor topic: {e}"),
             })?;
 
-        let fetch = request_response::Behaviour::with_codec(
-            FetchCodec {
-                max_request: limits.max_request_size,
-                max_response: limits.max_response_size,
-            },
-            [(
-                stream_protocol(&names.fetch)?,
-                request_response::ProtocolSupport::Full,
-            )],
-            request_response::Config::default()
-                .with_request_timeout(timeouts.request)
-                .with_max_concurrent_streams(limits.max_concurrent_request_streams),
-        );
+        // One request-response protocol per purpose, each with its own
+        // name: a peer can speak (and be refused) one without the others.
+        let request_response = |name: &str| -> Result<_, NetError> {
+            Ok(request_response::Behaviour::with_codec(
+                FetchCodec {
+                    max_request: limits.max_request_size,
+                    max_response: limits.max_response_size,
+                },
+                [(
+                    stream_protocol(name)?,
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(timeouts.request)
+                    .with_max_concurrent_streams(limits.max_concurrent_request_streams),
+            ))
+        };
+        let fetch = request_response(&names.fetch)?;
+        let descriptors = request_response(&names.descriptors)?;
+        let community_sync = request_response(&names.community_sync)?;
 
         let packet = packet::Behaviour::new(
             packet::Config {
@@ -188,6 +197,8 @@ impl NodeBehaviour {
             kad,
             gossipsub,
             fetch,
+            descriptors,
+            community_sync,
             packet,
         })
     }

@@ -427,6 +427,12 @@ pub struct ProtocolNames {
     pub packet: String,
     /// Mailbox fetch (request-response): `/chainmail/<id>/fetch/1.0.0`.
     pub fetch: String,
+    /// Node descriptors a peer knows (request-response):
+    /// `/chainmail/<id>/descriptors/1.0.0`.
+    pub descriptors: String,
+    /// Community block sync between members (request-response):
+    /// `/chainmail/<id>/community-sync/1.0.0`.
+    pub community_sync: String,
     /// Identify protocol version: `/chainmail/<id>/1.0.0`.
     pub identify_version: String,
     /// Gossipsub stream protocol: `/chainmail/<id>/meshsub/1.1.0`.
@@ -446,6 +452,8 @@ impl ProtocolNames {
             kad: format!("/chainmail/{network_id}/kad/1.0.0"),
             packet: format!("/chainmail/{network_id}/packet/1.0.0"),
             fetch: format!("/chainmail/{network_id}/fetch/1.0.0"),
+            descriptors: format!("/chainmail/{network_id}/descriptors/1.0.0"),
+            community_sync: format!("/chainmail/{network_id}/community-sync/1.0.0"),
             identify_version: format!("/chainmail/{network_id}/1.0.0"),
             gossipsub: format!("/chainmail/{network_id}/meshsub/1.1.0"),
             descriptor_topic: format!("chainmail/{network_id}/descriptors/1"),
@@ -473,6 +481,11 @@ mod tests {
         assert_eq!(names.kad, "/chainmail/net-1/kad/1.0.0");
         assert_eq!(names.packet, "/chainmail/net-1/packet/1.0.0");
         assert_eq!(names.fetch, "/chainmail/net-1/fetch/1.0.0");
+        assert_eq!(names.descriptors, "/chainmail/net-1/descriptors/1.0.0");
+        assert_eq!(
+            names.community_sync,
+            "/chainmail/net-1/community-sync/1.0.0"
+        );
         assert_eq!(names.identify_version, "/chainmail/net-1/1.0.0");
         assert_eq!(names.descriptor_topic, "chainmail/net-1/descriptors/1");
         assert_eq!(names.community_topic_prefix, "chainmail/net-1/community/");

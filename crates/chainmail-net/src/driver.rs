@@ -239,10 +239,12 @@ pub enum NetEvent {
         /// to other subscribers only once the application accepts it.
         id: TopicMessageId,
     },
-    /// A fetch request. Answer it with [`ReplyHandle::send`] within
+    /// A request. Answer it with [`ReplyHandle::send`] within
     /// [`Timeouts::request`](crate::Timeouts::request); dropping the handle
     /// refuses the request.
     RequestReceived {
+        /// Which protocol it came on.
+        kind: RequestKind,
         /// The requesting peer.
         peer: PeerId,
         /// The request.
@@ -293,8 +295,11 @@ impl fmt::Debug for NetEvent {
                 .field("source", source)
                 .field("len", &bytes.len())
                 .finish(),
-            Self::RequestReceived { peer, bytes, .. } => f
+            Self::RequestReceived {
+                kind, peer, bytes, ..
+            } => f
                 .debug_struct("RequestReceived")
+                .field("kind", kind)
                 .field("peer", peer)
                 .field("len", &bytes.len())
                 .finish_non_exhaustive(),
@@ -312,7 +317,19 @@ impl fmt::Debug for NetEvent {
     }
 }
 
-/// The way back to the requester of one inbound fetch request.
+/// Which request-response protocol a request travels on: one per purpose,
+/// each with its own protocol name (see [`ProtocolNames`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// A mailbox fetch, to a provider.
+    Fetch,
+    /// The node descriptors a peer knows.
+    Descriptors,
+    /// A community sync request, to a member's node.
+    CommunitySync,
+}
+
+/// The way back to the requester of one inbound request.
 pub struct ReplyHandle {
     sender: oneshot::Sender<Vec<u8>>,
     max_response_size: usize,
@@ -423,6 +440,7 @@ enum Command {
     },
     Request {
         peer: PeerId,
+        kind: RequestKind,
         bytes: Vec<u8>,
         reply: Reply<Vec<u8>>,
     },
@@ -649,9 +667,14 @@ impl NetHandle {
         .await
     }
 
-    /// Sends a fetch request to `peer` (dialing it if needed and its address
-    /// is known) and waits for the response.
-    pub async fn request(&self, peer: PeerId, bytes: Vec<u8>) -> Result<Vec<u8>, NetError> {
+    /// Sends a request of `kind` to `peer` (dialing it if needed and its
+    /// address is known) and waits for the response.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        kind: RequestKind,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
         if bytes.len() > self.max_request_size {
             return Err(NetError::RequestTooLarge {
                 size: bytes.len(),
@@ -660,6 +683,7 @@ impl NetHandle {
         }
         self.ask_within("request", self.request_timeout, |reply| Command::Request {
             peer,
+            kind,
             bytes,
             reply,
         })
@@ -735,7 +759,7 @@ struct Driver {
     listen_addrs: Vec<Multiaddr>,
     /// Peers with a connection whose identify showed this network.
     confirmed: HashSet<PeerId>,
-    pending_requests: HashMap<OutboundRequestId, Reply<Vec<u8>>>,
+    pending_requests: HashMap<(RequestKind, OutboundRequestId), Reply<Vec<u8>>>,
     pending_gets: HashMap<kad::QueryId, Reply<Vec<u8>>>,
     pending_puts: HashMap<kad::QueryId, Reply<()>>,
     replies: FuturesUnordered<PendingReply>,
@@ -907,7 +931,12 @@ impl Driver {
                     .get_record(kad::RecordKey::new(&key));
                 self.pending_gets.insert(id, reply);
             }
-            Command::Request { peer, bytes, reply } => {
+            Command::Request {
+                peer,
+                kind,
+                bytes,
+                reply,
+            } => {
                 if self.pending_requests.len() >= self.max_pending_requests {
                     let _ = reply.send(Err(NetError::TooManyPending {
                         what: "requests",
@@ -915,9 +944,16 @@ impl Driver {
                     }));
                     return;
                 }
-                let id = self.swarm.behaviour_mut().fetch.send_request(&peer, bytes);
+                let behaviour = self.swarm.behaviour_mut();
+                let id = match kind {
+                    RequestKind::Fetch => behaviour.fetch.send_request(&peer, bytes),
+                    RequestKind::Descriptors => behaviour.descriptors.send_request(&peer, bytes),
+                    RequestKind::CommunitySync => {
+                        behaviour.community_sync.send_request(&peer, bytes)
+                    }
+                };
                 inc(&self.counters.requests_out);
-                self.pending_requests.insert(id, reply);
+                self.pending_requests.insert((kind, id), reply);
             }
             Command::AddPeerAddress { peer, addr } => {
                 if self.dht {
@@ -1026,7 +1062,13 @@ impl Driver {
                 },
                 message,
             ),
-            NodeBehaviourEvent::Fetch(event) => self.on_fetch(event),
+            NodeBehaviourEvent::Fetch(event) => self.on_request(RequestKind::Fetch, event),
+            NodeBehaviourEvent::Descriptors(event) => {
+                self.on_request(RequestKind::Descriptors, event)
+            }
+            NodeBehaviourEvent::CommunitySync(event) => {
+                self.on_request(RequestKind::CommunitySync, event)
+            }
             NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
                 self.on_query(id, result)
             }
@@ -1134,7 +1176,7 @@ impl Driver {
         }
     }
 
-    fn on_fetch(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+    fn on_request(&mut self, kind: RequestKind, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -1160,6 +1202,7 @@ impl Driver {
                     (channel, response)
                 }));
                 self.emit(NetEvent::RequestReceived {
+                    kind,
                     peer,
                     bytes: request,
                     reply: ReplyHandle {
@@ -1176,7 +1219,7 @@ impl Driver {
                     },
                 ..
             } => {
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some(reply) = self.pending_requests.remove(&(kind, request_id)) {
                     let _ = reply.send(Ok(response));
                 }
             }
@@ -1184,7 +1227,7 @@ impl Driver {
                 request_id, error, ..
             } => {
                 inc(&self.counters.requests_failed);
-                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                if let Some(reply) = self.pending_requests.remove(&(kind, request_id)) {
                     let _ = reply.send(Err(NetError::RequestFailed(error.to_string())));
                 }
             }

@@ -16,7 +16,9 @@ mod protocol;
 mod topics;
 
 pub use config::{IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, Timeouts};
-pub use driver::{Net, NetEvent, NetEvents, NetHandle, ReplyHandle, TopicMessageId, Verdict};
+pub use driver::{
+    Net, NetEvent, NetEvents, NetHandle, ReplyHandle, RequestKind, TopicMessageId, Verdict,
+};
 pub use error::NetError;
 pub use keys::{node_key_from_peer_id, peer_id_from_node_key};
 pub use libp2p::{Multiaddr, PeerId};

@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use chainmail_net::{Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit, Verdict};
+use chainmail_net::{
+    Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit, RequestKind, Verdict,
+};
 use common::*;
 use libp2p::futures::AsyncWriteExt;
 
@@ -179,13 +181,18 @@ async fn fetch_round_trip_and_size_limits() {
         });
 
         assert_eq!(
-            a.handle.request(b.peer, b"hello".to_vec()).await.unwrap(),
+            a.handle
+                .request(b.peer, RequestKind::Fetch, b"hello".to_vec())
+                .await
+                .unwrap(),
             b"olleh"
         );
 
         // Over-size request, refused locally.
         assert_eq!(
-            a.handle.request(b.peer, vec![0; (64 << 10) + 1]).await,
+            a.handle
+                .request(b.peer, RequestKind::Fetch, vec![0; (64 << 10) + 1])
+                .await,
             Err(NetError::RequestTooLarge {
                 size: (64 << 10) + 1,
                 max: 64 << 10
@@ -193,18 +200,24 @@ async fn fetch_round_trip_and_size_limits() {
         );
         // Over-size request on the wire, refused by the responder's codec.
         assert!(matches!(
-            d.handle.request(b.peer, vec![1; 100 << 10]).await,
+            d.handle
+                .request(b.peer, RequestKind::Fetch, vec![1; 100 << 10])
+                .await,
             Err(NetError::RequestFailed(_))
         ));
         // Over-size response on the wire, refused by the requester's codec.
         assert!(matches!(
-            a.handle.request(b.peer, b"huge".to_vec()).await,
+            a.handle
+                .request(b.peer, RequestKind::Fetch, b"huge".to_vec())
+                .await,
             Err(NetError::RequestFailed(_))
         ));
         // Response over the responder's own limit: refused by ReplyHandle,
         // and the requester gets an error.
         assert!(matches!(
-            a.handle.request(b.peer, b"too big".to_vec()).await,
+            a.handle
+                .request(b.peer, RequestKind::Fetch, b"too big".to_vec())
+                .await,
             Err(NetError::RequestFailed(_))
         ));
         assert!(matches!(
@@ -215,13 +228,16 @@ async fn fetch_round_trip_and_size_limits() {
         // Everybody still works.
         assert_eq!(
             d.handle
-                .request(b.peer, b"still there".to_vec())
+                .request(b.peer, RequestKind::Fetch, b"still there".to_vec())
                 .await
                 .unwrap(),
             b"ereht llits"
         );
         assert_eq!(
-            a.handle.request(b.peer, b"ok".to_vec()).await.unwrap(),
+            a.handle
+                .request(b.peer, RequestKind::Fetch, b"ok".to_vec())
+                .await
+                .unwrap(),
             b"ko"
         );
         let m = a.handle.metrics();

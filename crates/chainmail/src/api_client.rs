@@ -73,3 +73,13 @@ pub(crate) async fn post<T: DeserializeOwned>(
 ) -> Result<T> {
     request(data_dir, "POST", path, Some(body)).await
 }
+
+/// Asks the node's agent (`POST /v1/account`); `T` is the response the
+/// request answers with (see `chainmail_client::Response`).
+pub(crate) async fn account<T: DeserializeOwned>(
+    data_dir: &Path,
+    request: &chainmail_client::AccountRequest,
+) -> Result<T> {
+    let body = serde_json::to_value(request)?;
+    post(data_dir, "/v1/account", &body).await
+}

@@ -9,7 +9,10 @@ use chainmail_session::Address;
 use serde_json::{Value, json};
 
 use crate::DataDirArg;
-use chainmail_client::{ContactView, HistoryEntry, SentMessage};
+use chainmail_client::{
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
+    Queued, SafetyNumberView, SentMessage, Whoami,
+};
 
 /// `chainmail contact …`
 #[derive(clap::Subcommand)]
@@ -166,20 +169,17 @@ pub(crate) async fn advisory(command: AdvisoryCommand) -> Result<()> {
         AdvisoryCommand::Publish { data, file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
-            let v = account(
-                &data.data_dir,
-                json!({ "op": "advisory-publish", "advisory": text.trim() }),
-            )
-            .await?;
-            println!("advisory {} published", v["sequence"]);
+            let request = AccountRequest::AdvisoryPublish {
+                advisory: text.trim().to_owned(),
+            };
+            let v: AdvisoryPublished = account(&data.data_dir, &request).await?;
+            println!("advisory {} published", v.sequence);
         }
     }
     Ok(())
 }
 
-async fn account(data_dir: &Path, request: Value) -> Result<Value> {
-    crate::api_client::post(data_dir, "/v1/account", &request).await
-}
+use crate::api_client::account;
 
 fn print_json(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -209,26 +209,23 @@ pub(crate) fn print_init(address: &Address, key_file: Option<&Path>, json: bool)
 
 pub(crate) async fn whoami(data: &DataDirArg, export: Option<&Path>, json: bool) -> Result<()> {
     if let Some(path) = export {
-        let v = account(&data.data_dir, json!({ "op": "export-identity" })).await?;
-        let seed = zeroize::Zeroizing::new(format!(
-            "{}\n",
-            v["identity_seed"].as_str().unwrap_or_default()
-        ));
+        let v: IdentityExport = account(&data.data_dir, &AccountRequest::ExportIdentity).await?;
+        let seed = zeroize::Zeroizing::new(format!("{}\n", v.identity_seed));
         crate::runtime::write_private(path, seed.as_bytes())?;
         eprintln!(
             "identity written to {}: anyone with this file can be you; delete it once used",
             path.display()
         );
     }
-    let v = account(&data.data_dir, json!({ "op": "whoami" })).await?;
+    let v: Whoami = account(&data.data_dir, &AccountRequest::Whoami).await?;
     if json {
-        return print_json(&v);
+        return print_json(&serde_json::to_value(&v)?);
     }
-    println!("{}", v["name"].as_str().unwrap_or_default());
-    println!("  address  {}", v["address"].as_str().unwrap_or_default());
+    println!("{}", v.name);
+    println!("  address  {}", v.address);
     println!(
         "  keys     {} (changes only if you move to a new device)",
-        v["olm_identity_key"].as_str().unwrap_or_default()
+        v.olm_identity_key
     );
     Ok(())
 }
@@ -269,7 +266,7 @@ fn print_contacts(contacts: &[ContactView]) {
 }
 
 pub(crate) async fn contact(command: ContactCommand) -> Result<()> {
-    let (data, request, json, list) = match command {
+    let (data, request, json) = match command {
         ContactCommand::Add {
             data,
             address,
@@ -278,60 +275,54 @@ pub(crate) async fn contact(command: ContactCommand) -> Result<()> {
             json,
         } => (
             data,
-            json!({ "op": "contact-add", "address": address, "name": name, "message": message }),
+            AccountRequest::ContactAdd {
+                address,
+                name,
+                message,
+            },
             json,
-            false,
         ),
-        ContactCommand::List { data, json } => (data, json!({ "op": "contact-list" }), json, true),
-        ContactCommand::Requests { data, json } => {
-            (data, json!({ "op": "contact-requests" }), json, true)
+        ContactCommand::List { data, json } => (data, AccountRequest::ContactList, json),
+        ContactCommand::Requests { data, json } => (data, AccountRequest::ContactRequests, json),
+        ContactCommand::Accept { data, name, json } => {
+            (data, AccountRequest::ContactAccept { name }, json)
         }
-        ContactCommand::Accept { data, name, json } => (
-            data,
-            json!({ "op": "contact-accept", "name": name }),
-            json,
-            false,
-        ),
-        ContactCommand::Deny { data, name, json } => (
-            data,
-            json!({ "op": "contact-deny", "name": name }),
-            json,
-            false,
-        ),
-        ContactCommand::Ignore { data, name, json } => (
-            data,
-            json!({ "op": "contact-ignore", "name": name }),
-            json,
-            false,
-        ),
+        ContactCommand::Deny { data, name, json } => {
+            (data, AccountRequest::ContactDeny { name }, json)
+        }
+        ContactCommand::Ignore { data, name, json } => {
+            (data, AccountRequest::ContactIgnore { name }, json)
+        }
     };
-    let v = account(&data.data_dir, request).await?;
-    if json {
-        return print_json(&v);
-    }
-    if list {
-        let contacts: Vec<ContactView> = serde_json::from_value(v)?;
+    if matches!(
+        request,
+        AccountRequest::ContactList | AccountRequest::ContactRequests
+    ) {
+        let contacts: Vec<ContactView> = account(&data.data_dir, &request).await?;
+        if json {
+            return print_json(&serde_json::to_value(&contacts)?);
+        }
         print_contacts(&contacts);
     } else {
-        println!(
-            "{}: {}",
-            v["name"].as_str().unwrap_or_default(),
-            v["state"].as_str().unwrap_or_default()
-        );
+        let change: ContactChange = account(&data.data_dir, &request).await?;
+        if json {
+            return print_json(&serde_json::to_value(&change)?);
+        }
+        println!("{}: {}", change.name, change.state);
     }
     Ok(())
 }
 
 pub(crate) async fn send(data: &DataDirArg, to: &str, text: &str, json: bool) -> Result<()> {
-    let v: Value = account(
-        &data.data_dir,
-        json!({ "op": "send", "to": to, "text": text }),
-    )
-    .await?;
+    let request = AccountRequest::Send {
+        to: to.to_owned(),
+        text: text.to_owned(),
+    };
+    let queued: Queued = account(&data.data_dir, &request).await?;
     if json {
-        return print_json(&v);
+        return print_json(&serde_json::to_value(&queued)?);
     }
-    println!("{}", v["id"].as_str().unwrap_or_default());
+    println!("{}", queued.id);
     Ok(())
 }
 
@@ -385,8 +376,8 @@ fn print_entry(e: &HistoryEntry) {
 pub(crate) async fn inbox(data: &DataDirArg, after: u64, follow: bool, json: bool) -> Result<()> {
     let mut after = after;
     loop {
-        let v = account(&data.data_dir, json!({ "op": "inbox", "after": after })).await?;
-        let entries: Vec<HistoryEntry> = serde_json::from_value(v)?;
+        let entries: Vec<HistoryEntry> =
+            account(&data.data_dir, &AccountRequest::Inbox { after }).await?;
         for e in &entries {
             if json {
                 println!("{}", serde_json::to_string(e)?);
@@ -403,29 +394,27 @@ pub(crate) async fn inbox(data: &DataDirArg, after: u64, follow: bool, json: boo
 }
 
 pub(crate) async fn verify(data: &DataDirArg, name: &str, mark: bool, json: bool) -> Result<()> {
-    let v = account(
-        &data.data_dir,
-        json!({ "op": "verify", "name": name, "mark": mark }),
-    )
-    .await?;
+    let request = AccountRequest::Verify {
+        name: name.to_owned(),
+        mark,
+    };
+    let v: SafetyNumberView = account(&data.data_dir, &request).await?;
     if json {
-        return print_json(&v);
+        return print_json(&serde_json::to_value(&v)?);
     }
     println!(
         "Safety number with {} (compare it with theirs, in person or on a call):",
-        v["name"].as_str().unwrap_or_default()
+        v.name
     );
-    if let Some(lines) = v["lines"].as_array() {
-        for l in lines {
-            println!("  {}", l.as_str().unwrap_or_default());
-        }
+    for line in &v.lines {
+        println!("  {line}");
     }
-    if v["key_changed"] == true {
+    if v.key_changed {
         println!("Their keys changed since you last verified them.");
     }
     println!(
         "{}",
-        if v["verified"] == true {
+        if v.verified {
             "Marked verified."
         } else {
             "Not verified: if the numbers match, run again with --mark."
@@ -436,10 +425,7 @@ pub(crate) async fn verify(data: &DataDirArg, name: &str, mark: bool, json: bool
 
 pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
     let status: Value = crate::api_client::get(&data.data_dir, "/v1/status").await?;
-    let sent: Option<Vec<SentMessage>> = account(&data.data_dir, json!({ "op": "sent" }))
-        .await
-        .ok()
-        .and_then(|v| serde_json::from_value(v).ok());
+    let sent: Option<Vec<SentMessage>> = account(&data.data_dir, &AccountRequest::Sent).await.ok();
     if json {
         let mut out = status;
         out["messages"] = json!(sent);

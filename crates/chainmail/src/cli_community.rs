@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::DataDirArg;
+use chainmail_client::{AccountRequest, CommunityRequest};
 
 /// `chainmail community …`
 #[derive(clap::Subcommand)]
@@ -174,13 +175,8 @@ pub(crate) struct ActArgs {
     json: bool,
 }
 
-async fn ask(data: &DataDirArg, request: Value) -> Result<Value> {
-    crate::api_client::post(
-        &data.data_dir,
-        "/v1/account",
-        &json!({ "op": "community", "community": request }),
-    )
-    .await
+async fn ask(data: &DataDirArg, community: CommunityRequest) -> Result<Value> {
+    crate::api_client::account(&data.data_dir, &AccountRequest::Community { community }).await
 }
 
 fn short(id: &str) -> &str {
@@ -244,7 +240,11 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
     let act = |action: &str, a: ActArgs| {
         (
             a.data,
-            json!({ "request": "act", "community": a.community, "action": action, "target": a.target }),
+            CommunityRequest::Act {
+                community: a.community,
+                action: action.to_owned(),
+                target: a.target,
+            },
             a.json,
         )
     };
@@ -255,11 +255,7 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             me,
             json,
         } => {
-            let v = ask(
-                &data,
-                json!({ "request": "create", "name": name, "me": me }),
-            )
-            .await?;
+            let v = ask(&data, CommunityRequest::Create { name, me }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -269,7 +265,7 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             return Ok(());
         }
         CommunityCommand::List { data, json } => {
-            let v = ask(&data, json!({ "request": "list" })).await?;
+            let v = ask(&data, CommunityRequest::List).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.as_array().is_none_or(Vec::is_empty) {
@@ -282,7 +278,7 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             return Ok(());
         }
         CommunityCommand::Invites { data, json } => {
-            let v = ask(&data, json!({ "request": "invites" })).await?;
+            let v = ask(&data, CommunityRequest::Invites).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else if v.as_array().is_none_or(Vec::is_empty) {
@@ -311,11 +307,7 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             me,
             json,
         } => {
-            let v = ask(
-                &data,
-                json!({ "request": "join", "invite": invite, "me": me }),
-            )
-            .await?;
+            let v = ask(&data, CommunityRequest::Join { invite, me }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -336,7 +328,10 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             loop {
                 let v = ask(
                     &data,
-                    json!({ "request": "log", "community": community, "after": after }),
+                    CommunityRequest::Log {
+                        community: community.clone(),
+                        after,
+                    },
                 )
                 .await?;
                 for e in v["entries"].as_array().into_iter().flatten() {
@@ -358,11 +353,7 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             community,
             json,
         } => {
-            let v = ask(
-                &data,
-                json!({ "request": "members", "community": community }),
-            )
-            .await?;
+            let v = ask(&data, CommunityRequest::Members { community }).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -396,21 +387,13 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             community,
             contact,
             json,
-        } => (
-            data,
-            json!({ "request": "invite", "community": community, "contact": contact }),
-            json,
-        ),
+        } => (data, CommunityRequest::Invite { community, contact }, json),
         CommunityCommand::Post {
             data,
             community,
             text,
             json,
-        } => (
-            data,
-            json!({ "request": "post", "community": community, "text": text }),
-            json,
-        ),
+        } => (data, CommunityRequest::Post { community, text }, json),
         CommunityCommand::Promote(a) => act("promote", a),
         CommunityCommand::Demote(a) => act("demote", a),
         CommunityCommand::Remove(a) => act("remove", a),
@@ -422,7 +405,11 @@ pub(crate) async fn community(command: CommunityCommand) -> Result<()> {
             json,
         } => (
             data,
-            json!({ "request": "act", "community": community, "action": "leave", "target": "" }),
+            CommunityRequest::Act {
+                community,
+                action: "leave".into(),
+                target: String::new(),
+            },
             json,
         ),
     };
@@ -447,7 +434,10 @@ const EXPORT_MAGIC: &str = "chainmail-community-blocks 1";
 const IMPORT_CHUNK_CHARS: usize = 1 << 20;
 
 async fn export(data: &DataDirArg, community: &str, out: &Path, json: bool) -> Result<()> {
-    let v = ask(data, json!({ "request": "export", "community": community })).await?;
+    let request = CommunityRequest::Export {
+        community: community.to_owned(),
+    };
+    let v = ask(data, request).await?;
     let id = v["community"]
         .as_str()
         .context("the node sent no community id")?;
@@ -536,7 +526,10 @@ async fn import(data: &DataDirArg, file: &Path, json: bool) -> Result<()> {
         }
         let v = ask(
             data,
-            json!({ "request": "import", "community": id, "blocks": &blocks[start..end] }),
+            CommunityRequest::Import {
+                community: id.clone(),
+                blocks: blocks[start..end].to_vec(),
+            },
         )
         .await?;
         stored += v["stored"].as_u64().unwrap_or(0);

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use chainmail_client::{AccountRequest, ContactChange, ContactView, HistoryEntry, Queued};
 use chainmail_mixnet::Preset;
-use serde_json::json;
 
+use crate::api_client::account;
 use crate::runtime::{Status, now};
 use crate::testnet::{Testnet, TestnetOptions};
 
@@ -156,33 +157,33 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     // The contact request: alice looks bob up (a blinded key in the DHT),
     // sends a request with proof of work; bob accepts.
     let started = crate::clock::instant();
-    account(
-        &users[0].data_dir,
-        json!({ "op": "contact-add", "address": users[1].address, "name": "bob",
-                "message": "hi bob, it's alice" }),
-    )
-    .await?;
+    let request = AccountRequest::ContactAdd {
+        address: users[1].address.to_string(),
+        name: "bob".into(),
+        message: Some("hi bob, it's alice".into()),
+    };
+    let _: ContactChange = account(&users[0].data_dir, &request).await?;
     println!(
         "  alice asks bob to talk (descriptor lookup in the DHT, proof-of-work stamp, through the mixnet)"
     );
     let alice_name = wait_until(opts.timeout, "bob to get alice's request", || async {
-        let v = account(&users[1].data_dir, json!({ "op": "contact-requests" }))
-            .await
-            .ok()?;
-        v.as_array()?.first()?["name"].as_str().map(String::from)
+        let requests: Vec<ContactView> =
+            account(&users[1].data_dir, &AccountRequest::ContactRequests)
+                .await
+                .ok()?;
+        requests.first().map(|c| c.name.clone())
     })
     .await?;
     let request_after = started.elapsed();
-    account(
-        &users[1].data_dir,
-        json!({ "op": "contact-accept", "name": alice_name }),
-    )
-    .await?;
+    let request = AccountRequest::ContactAccept {
+        name: alice_name.clone(),
+    };
+    let _: ContactChange = account(&users[1].data_dir, &request).await?;
     wait_until(opts.timeout, "alice to see the acceptance", || async {
-        let v = account(&users[0].data_dir, json!({ "op": "contact-list" }))
+        let contacts: Vec<ContactView> = account(&users[0].data_dir, &AccountRequest::ContactList)
             .await
             .ok()?;
-        (v.as_array()?.first()?["state"] == "accepted").then_some(())
+        (contacts.first()?.state == "accepted").then_some(())
     })
     .await?;
     println!(
@@ -311,10 +312,6 @@ pub(crate) async fn run(opts: DemoOptions) -> Result<bool> {
     Ok(true)
 }
 
-async fn account(data_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value> {
-    crate::api_client::post(data_dir, "/v1/account", &request).await
-}
-
 async fn wait_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -345,12 +342,12 @@ async fn send(
     offline: bool,
     sent: &mut HashMap<String, Sent>,
 ) -> Result<()> {
-    let reply = account(
-        &users[from].data_dir,
-        json!({ "op": "send", "to": names[from], "text": text }),
-    )
-    .await?;
-    let id = reply["id"].as_str().unwrap_or_default().to_string();
+    let request = AccountRequest::Send {
+        to: names[from].clone(),
+        text: text.to_owned(),
+    };
+    let queued: Queued = account(&users[from].data_dir, &request).await?;
+    let id = queued.id;
     let order = sent.len();
     sent.insert(
         id,
@@ -370,11 +367,10 @@ async fn send(
 /// Reads both inboxes: messages shown, messages delivered.
 async fn poll(users: &[User], seen: &mut [u64; 2], sent: &mut HashMap<String, Sent>) -> Result<()> {
     for (u, user) in users.iter().enumerate() {
-        let Ok(v) = account(&user.data_dir, json!({ "op": "inbox", "after": seen[u] })).await
-        else {
+        let request = AccountRequest::Inbox { after: seen[u] };
+        let Ok(entries) = account::<Vec<HistoryEntry>>(&user.data_dir, &request).await else {
             continue;
         };
-        let entries: Vec<chainmail_client::HistoryEntry> = serde_json::from_value(v)?;
         for e in entries {
             seen[u] = seen[u].max(e.seq);
             let Some(id) = &e.id else { continue };

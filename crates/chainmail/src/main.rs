@@ -10,6 +10,7 @@ mod clock;
 mod demo;
 mod network;
 mod runtime;
+mod tasks;
 mod testnet;
 
 use std::path::PathBuf;

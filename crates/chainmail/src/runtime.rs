@@ -6,7 +6,7 @@
 //! stores what must be durable — replay tags, received messages — and only
 //! then sends what the cores produced.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,8 @@ use chainmail_mixnet::{
     NodeEvent, Params, Roles, Time, network_hash,
 };
 use chainmail_net::{
-    Multiaddr, Net, NetConfig, NetEvent, NetHandle, PeerId, ReplyHandle, peer_id_from_node_key,
+    Multiaddr, Net, NetConfig, NetEvent, NetHandle, PeerId, ReplyHandle, RequestKind,
+    peer_id_from_node_key,
 };
 use chainmail_packet::{Epoch, MailboxId, MixSecretKey, NodeId, ReplayTag};
 use chainmail_store::{AppendOutcome, Store};
@@ -31,14 +32,11 @@ use tracing::{debug, info, warn};
 
 use crate::account::VaultStorage;
 use crate::network::NetworkFile;
+use crate::tasks::Tasks;
 
 /// Software version carried in descriptors.
 pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
 
-const REQ_FETCH: u8 = 0x01;
-const REQ_DESCRIPTORS: u8 = 0x02;
-/// A community sync request (`chainmail_chain::SyncRequest`) follows.
-const REQ_COMMUNITY: u8 = 0x03;
 const MAX_BATCH: usize = 512;
 
 pub(crate) use crate::clock::now;
@@ -94,7 +92,7 @@ pub(crate) enum ApiCall {
     /// An account request from the CLI.
     Account {
         request: chainmail_client::AccountRequest,
-        reply: oneshot::Sender<Result<serde_json::Value, String>>,
+        reply: oneshot::Sender<Result<chainmail_client::Response, String>>,
     },
 }
 
@@ -199,10 +197,10 @@ enum Internal {
         result: Result<Vec<u8>, String>,
     },
     Descriptors(Vec<Vec<u8>>),
-    /// A stamp was minted.
+    /// A stamp was minted (or minting it failed).
     Stamp {
         job: u64,
-        stamp: chainmail_session::Stamp,
+        stamp: Option<chainmail_session::Stamp>,
     },
     /// A peer's answer to a community sync request.
     CommunitySync {
@@ -239,7 +237,26 @@ struct Runtime {
     next_request: u64,
     internal_tx: mpsc::Sender<Internal>,
     next_publish: Time,
+    /// Background work (dials, requests, DHT operations), bounded.
+    tasks: Tasks,
+    /// Stamps to mint, waiting for a minting thread.
+    stamps: VecDeque<StampJob>,
+    /// Stamps being minted now (at most `MAX_MINTING`).
+    minting: usize,
 }
+
+/// A stamp the agent asked for.
+struct StampJob {
+    job: u64,
+    challenge: [u8; 32],
+    day: u32,
+    difficulty: u8,
+}
+
+/// Most background tasks at once.
+const MAX_TASKS: usize = 4096;
+/// Most stamps minted at once (each takes a core for seconds).
+const MAX_MINTING: usize = 2;
 
 /// Runs a node until `shutdown` resolves.
 pub(crate) async fn run_node(
@@ -359,6 +376,9 @@ pub(crate) async fn run_node(
         next_request: 0,
         internal_tx,
         next_publish: Time(0),
+        tasks: Tasks::new(MAX_TASKS),
+        stamps: VecDeque::new(),
+        minting: 0,
     };
     if rt.opts.client {
         rt.open_agent(now())?;
@@ -491,7 +511,9 @@ impl Runtime {
                 // Relayed only if valid here too.
                 let _ = self.net.validate(id, verdict).await;
             }
-            NetEvent::RequestReceived { bytes, reply, .. } => self.on_request(now, bytes, reply),
+            NetEvent::RequestReceived {
+                kind, bytes, reply, ..
+            } => self.on_request(now, kind, bytes, reply),
             NetEvent::PeerConnected { peer } => {
                 self.peers += 1;
                 if self.peers_seen.len() < 10_000 {
@@ -522,7 +544,7 @@ impl Runtime {
                     );
                     // Try to get the connection back; routes avoid the node meanwhile.
                     let net = self.net.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn("redial", async move {
                         tokio::time::sleep(Duration::from_secs(2)).await;
                         let _ = net.dial_peer(peer).await;
                     });
@@ -541,26 +563,26 @@ impl Runtime {
         }
     }
 
-    fn on_request(&mut self, now: Time, bytes: Vec<u8>, reply: ReplyHandle) {
-        match bytes.split_first() {
-            Some((&REQ_FETCH, body)) => match &mut self.node {
+    fn on_request(&mut self, now: Time, kind: RequestKind, body: Vec<u8>, reply: ReplyHandle) {
+        match kind {
+            RequestKind::Fetch => match &mut self.node {
                 Some(node) => {
                     let request = self.next_request;
                     self.next_request += 1;
                     self.replies.insert(request, reply);
-                    node.handle_fetch(now, request, body);
+                    node.handle_fetch(now, request, &body);
                 }
                 None => drop(reply),
             },
-            Some((&REQ_COMMUNITY, body)) => match &mut self.agent {
+            RequestKind::CommunitySync => match &mut self.agent {
                 Some((a, _)) => {
                     let max = reply.max_response_size();
-                    let response = a.answer_sync(now, body, max - 64);
+                    let response = a.answer_sync(now, &body, max - 64);
                     let _ = reply.send(response);
                 }
                 None => drop(reply),
             },
-            Some((&REQ_DESCRIPTORS, _)) => {
+            RequestKind::Descriptors => {
                 let max = reply.max_response_size();
                 let mut all = Vec::new();
                 let mut size = 16;
@@ -573,15 +595,16 @@ impl Runtime {
                 }
                 let _ = reply.send(postcard::to_stdvec(&all).unwrap_or_default());
             }
-            _ => drop(reply),
         }
     }
 
-    fn sync_descriptors(&self, peer: PeerId) {
+    fn sync_descriptors(&mut self, peer: PeerId) {
         let net = self.net.clone();
         let tx = self.internal_tx.clone();
-        tokio::spawn(async move {
-            if let Ok(bytes) = net.request(peer, vec![REQ_DESCRIPTORS]).await
+        self.tasks.spawn("descriptors", async move {
+            if let Ok(bytes) = net
+                .request(peer, RequestKind::Descriptors, Vec::new())
+                .await
                 && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
             {
                 let _ = tx.send(Internal::Descriptors(all)).await;
@@ -614,7 +637,14 @@ impl Runtime {
                     self.learn_descriptor(now, bytes);
                 }
             }
-            Internal::Stamp { job, stamp } => self.give_agent(now, Input::Stamp { job, stamp }),
+            Internal::Stamp { job, stamp } => {
+                self.minting = self.minting.saturating_sub(1);
+                match stamp {
+                    Some(stamp) => self.give_agent(now, Input::Stamp { job, stamp }),
+                    None => warn!(job, "a stamp could not be minted"),
+                }
+                self.mint_stamps();
+            }
             Internal::ErrandDone { token, answer } => {
                 if let Some(node) = &mut self.node {
                     node.handle_errand_answer(now, token, answer);
@@ -687,6 +717,26 @@ impl Runtime {
             self.store.mailbox_stats().ok(),
             agent.map(|a| a.messenger().stats()),
         );
+        {
+            use std::fmt::Write as _;
+            let _ = writeln!(
+                text,
+                "# HELP chainmail_tasks_running Background tasks running (dials, requests, DHT operations, swarm traffic).\n# TYPE chainmail_tasks_running gauge\nchainmail_tasks_running {}",
+                self.tasks.running()
+            );
+            let refused: Vec<(String, u64)> = self
+                .tasks
+                .refused()
+                .iter()
+                .map(|(kind, n)| (format!("{{kind=\"{kind}\"}}"), *n))
+                .collect();
+            crate::api::counter(
+                &mut text,
+                "chainmail_tasks_refused_total",
+                "Background tasks not started because too many were running, by kind.",
+                &refused,
+            );
+        }
         if let Some(a) = agent {
             let families = [
                 (
@@ -802,7 +852,7 @@ impl Runtime {
                         .filter_map(|a| a.parse::<Multiaddr>().ok())
                         .collect();
                     let net = self.net.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn("dial", async move {
                         for addr in addrs {
                             let _ = net.add_peer_address(peer, addr).await;
                         }
@@ -833,9 +883,31 @@ impl Runtime {
                 }
                 let net = self.net.clone();
                 let key = self.id.0.to_vec();
-                tokio::spawn(async move { net.put_record(key, bytes).await });
+                self.tasks.spawn("publish", async move {
+                    let _ = net.put_record(key, bytes).await;
+                });
             }
             Err(e) => warn!(error = %e, "cannot sign descriptor"),
+        }
+    }
+
+    /// Starts minting waiting stamps, at most `MAX_MINTING` at once, each
+    /// on a blocking thread (seconds of work).
+    fn mint_stamps(&mut self) {
+        while self.minting < MAX_MINTING
+            && let Some(StampJob {
+                job,
+                challenge,
+                day,
+                difficulty,
+            }) = self.stamps.pop_front()
+        {
+            self.minting += 1;
+            let tx = self.internal_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let stamp = chainmail_session::Stamp::mint(&challenge, day, difficulty, |_| true);
+                let _ = tx.blocking_send(Internal::Stamp { job, stamp });
+            });
         }
     }
 
@@ -870,7 +942,16 @@ impl Runtime {
                     }
                     NodeEvent::LoopReturned(_) => {}
                     NodeEvent::Errand { token, errand } => {
-                        carry_out_errand(&self.net, &self.internal_tx, token, errand)
+                        let put = matches!(errand, Errand::Put { .. });
+                        let tx = &self.internal_tx;
+                        if !carry_out_errand(&mut self.tasks, &self.net, tx, token, errand) {
+                            let answer = if put {
+                                Answer::NotStored
+                            } else {
+                                Answer::NotFound
+                            };
+                            node.handle_errand_answer(now, token, answer);
+                        }
                     }
                 }
             }
@@ -911,8 +992,14 @@ impl Runtime {
                                 self.next_request += 1;
                                 node.handle_fetch(now, id, &request);
                             }
-                        } else {
-                            fetch(&self.net, &self.internal_tx, provider, request);
+                        } else if !fetch(
+                            &mut self.tasks,
+                            &self.net,
+                            &self.internal_tx,
+                            provider,
+                            request,
+                        ) {
+                            agent.handle(now, Input::FetchFailed { provider });
                         }
                     }
                     Output::MintStamp {
@@ -920,25 +1007,20 @@ impl Runtime {
                         challenge,
                         day,
                         difficulty,
-                    } => {
-                        let tx = self.internal_tx.clone();
-                        tokio::spawn(async move {
-                            let minted = tokio::task::spawn_blocking(move || {
-                                chainmail_session::Stamp::mint(&challenge, day, difficulty, |_| {
-                                    true
-                                })
-                            })
-                            .await;
-                            if let Ok(Some(stamp)) = minted {
-                                let _ = tx.send(Internal::Stamp { job, stamp }).await;
-                            }
-                        });
+                    } => self.stamps.push_back(StampJob {
+                        job,
+                        challenge,
+                        day,
+                        difficulty,
+                    }),
+                    Output::Swarm(action) => {
+                        run_swarm_action(&mut self.tasks, &self.net, &self.internal_tx, action)
                     }
-                    Output::Swarm(action) => run_swarm_action(&self.net, &self.internal_tx, action),
                     Output::Shown(entry) => debug!(kind = %entry.kind, "shown"),
                 }
             }
         }
+        self.mint_stamps();
         // The node's answers to the hosted agent's fetches, and packets the
         // agent entered through this node itself.
         let again = !local_packets.is_empty();
@@ -959,31 +1041,42 @@ impl Runtime {
     }
 }
 
-/// Fetches mail from a provider for the hosted agent.
-fn fetch(net: &NetHandle, tx: &mpsc::Sender<Internal>, provider: NodeId, bytes: Vec<u8>) {
+/// Fetches mail from a provider for the hosted agent; false if there was
+/// no room for the task.
+fn fetch(
+    tasks: &mut Tasks,
+    net: &NetHandle,
+    tx: &mpsc::Sender<Internal>,
+    provider: NodeId,
+    bytes: Vec<u8>,
+) -> bool {
     let net = net.clone();
     let tx = tx.clone();
-    tokio::spawn(async move {
+    tasks.spawn("fetch", async move {
         let result = match peer_id_from_node_key(&provider.0) {
-            Ok(peer) => {
-                let mut request = vec![REQ_FETCH];
-                request.extend_from_slice(&bytes);
-                net.request(peer, request).await.map_err(|e| e.to_string())
-            }
+            Ok(peer) => net
+                .request(peer, RequestKind::Fetch, bytes)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         let _ = tx.send(Internal::Fetched { provider, result }).await;
-    });
+    })
 }
 
 /// Carries out an errand for a client: the DHT operation it asks for,
 /// published and looked up under this node's name; the answer goes back
-/// through the client's SURBs.
-fn carry_out_errand(net: &NetHandle, tx: &mpsc::Sender<Internal>, token: u64, errand: Errand) {
+/// through the client's SURBs. False if there was no room for the task.
+fn carry_out_errand(
+    tasks: &mut Tasks,
+    net: &NetHandle,
+    tx: &mpsc::Sender<Internal>,
+    token: u64,
+    errand: Errand,
+) -> bool {
     let net = net.clone();
     let tx = tx.clone();
-    // Bounded: the node core holds at most `max_errands` unanswered.
-    tokio::spawn(async move {
+    tasks.spawn("errand", async move {
         let answer = match errand {
             Errand::Get { key } => match net.get_record(key).await {
                 Ok(value) => Answer::Found(value),
@@ -998,7 +1091,7 @@ fn carry_out_errand(net: &NetHandle, tx: &mpsc::Sender<Internal>, token: u64, er
             },
         };
         let _ = tx.send(Internal::ErrandDone { token, answer }).await;
-    });
+    })
 }
 
 fn send_frame(net: &NetHandle, to: &NodeId, bytes: &[u8; chainmail_packet::PACKET_SIZE]) {
@@ -1012,25 +1105,30 @@ fn send_frame(net: &NetHandle, to: &NodeId, bytes: &[u8; chainmail_packet::PACKE
 
 /// Carries out the agent's community swarm traffic (which reveals this
 /// node to the community's members).
-fn run_swarm_action(net: &NetHandle, tx: &mpsc::Sender<Internal>, action: SwarmAction) {
+fn run_swarm_action(
+    tasks: &mut Tasks,
+    net: &NetHandle,
+    tx: &mpsc::Sender<Internal>,
+    action: SwarmAction,
+) {
     let net = net.clone();
     let tx = tx.clone();
     match action {
         SwarmAction::Subscribe(topic) => {
-            tokio::spawn(async move {
+            tasks.spawn("swarm", async move {
                 if let Err(e) = net.subscribe(topic).await {
                     warn!(error = %e, "cannot join a community topic");
                 }
             });
         }
         SwarmAction::Unsubscribe(topic) => {
-            tokio::spawn(async move {
+            tasks.spawn("swarm", async move {
                 let _ = net.unsubscribe(topic).await;
             });
         }
         SwarmAction::Publish { topic, bytes } => {
             // No subscribed peer yet is fine: sync repairs what gossip misses.
-            tokio::spawn(async move {
+            tasks.spawn("swarm", async move {
                 let _ = net.publish_to(topic, bytes).await;
             });
         }
@@ -1039,7 +1137,7 @@ fn run_swarm_action(net: &NetHandle, tx: &mpsc::Sender<Internal>, action: SwarmA
             peer: entry,
             request,
         } => {
-            tokio::spawn(async move {
+            tasks.spawn("swarm", async move {
                 let Ok(peer) = PeerId::from_bytes(&entry.peer) else {
                     return;
                 };
@@ -1050,9 +1148,7 @@ fn run_swarm_action(net: &NetHandle, tx: &mpsc::Sender<Internal>, action: SwarmA
                 {
                     let _ = net.add_peer_address(peer, addr).await;
                 }
-                let mut bytes = vec![REQ_COMMUNITY];
-                bytes.extend_from_slice(&request);
-                if let Ok(response) = net.request(peer, bytes).await {
+                if let Ok(response) = net.request(peer, RequestKind::CommunitySync, request).await {
                     let _ = tx
                         .send(Internal::CommunitySync {
                             community,

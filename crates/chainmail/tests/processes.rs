@@ -757,12 +757,39 @@ fn accounts_request_accept_deny_and_talk() {
         "--data-dir",
         &d(&stranger),
     ]);
-    wait_for("the stranger's request", Duration::from_secs(120), || {
-        inbox(&bob, "request")
-            .into_iter()
-            .find(|r| r["text"] == "hello bob, we have not met")
-            .and_then(|r| r["name"].as_str().map(String::from))
-    });
+    wait_or_explain(
+        "the stranger's request",
+        Duration::from_secs(120),
+        || {
+            inbox(&bob, "request")
+                .into_iter()
+                .find(|r| r["text"] == "hello bob, we have not met")
+                .and_then(|r| r["name"].as_str().map(String::from))
+        },
+        || {
+            format!(
+                "stranger's contacts: {}\nstranger's inbox: {:?}\nstranger's metrics:\n{}\nbob's metrics:\n{}",
+                cli(&["contact", "list", "--json", "--data-dir", &d(&stranger)])
+                    .unwrap_or_default(),
+                inbox_or_none(&stranger, "lookup-failed"),
+                metrics_text(&stranger)
+                    .lines()
+                    .filter(|l| l.starts_with("chainmail_client")
+                        || l.starts_with("chainmail_agent")
+                        || l.starts_with("chainmail_tasks")
+                        || l.starts_with("chainmail_errands"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                metrics_text(&bob)
+                    .lines()
+                    .filter(
+                        |l| l.starts_with("chainmail_session") || l.starts_with("chainmail_client")
+                    )
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        },
+    );
     let stranger_name = inbox(&bob, "request")
         .into_iter()
         .find(|r| r["text"] == "hello bob, we have not met")

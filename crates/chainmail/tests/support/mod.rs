@@ -23,7 +23,9 @@ pub async fn node_descriptor(net: &NetHandle, node: PeerId, network_id: &str) ->
     let network = network_hash(network_id);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(bytes) = net.request(node, vec![0x02]).await
+        if let Ok(bytes) = net
+            .request(node, chainmail_net::RequestKind::Descriptors, Vec::new())
+            .await
             && let Ok(all) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes)
             && let Some(d) = all
                 .iter()
