@@ -19,8 +19,8 @@ use chainmail_mixnet::{
 };
 use chainmail_packet::{NodeId, Packet};
 use chainmail_session::{
-    Account, Action, Address, ContactState, Fragment, MessageState, Messenger, MessengerConfig,
-    MessengerEvent, MessengerState, Stamp,
+    Account, Action, Address, ContactRecord, ContactState, Fragment, MessageState, Messenger,
+    MessengerConfig, MessengerEvent, MessengerState, Stamp,
 };
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rand::rngs::StdRng;
@@ -207,13 +207,13 @@ pub fn new_account(
 ) -> Batch {
     let messenger = Messenger::new(config.clone(), account, name, seed);
     let mut batch = Batch::default();
-    batch.put(Table::Messenger, b"state".to_vec(), state_bytes(&messenger));
+    batch.put(Table::Messenger, b"core".to_vec(), core_bytes(&messenger));
     batch
 }
 
-fn state_bytes(messenger: &Messenger) -> Vec<u8> {
-    // A state of plain fields and byte strings always serializes.
-    serde_json::to_vec(&messenger.state()).unwrap_or_default()
+// A state of plain fields and byte strings always serializes.
+fn core_bytes(messenger: &Messenger) -> Vec<u8> {
+    serde_json::to_vec(&messenger.core_state()).unwrap_or_default()
 }
 
 /// The user's side: messenger, mixnet client, communities.
@@ -241,12 +241,39 @@ impl<S: Storage> Agent<S> {
     /// Opens the account in `storage`.
     pub fn open(config: AgentConfig, storage: S, now: Time, seed: u64) -> Result<Self, AgentError> {
         let mut rng = StdRng::seed_from_u64(seed);
-        let bytes = storage
-            .get(Table::Messenger, b"state")?
-            .ok_or(AgentError::NoAccount)?;
-        let state: MessengerState = serde_json::from_slice(&bytes)
-            .map_err(|_| AgentError::Damaged("the account's state"))?;
-        let messenger = Messenger::from_state(config.messenger.clone(), state, rng.random())?;
+        let damaged = |_| AgentError::Damaged("the account's state");
+        let mut batch = Batch::default();
+        let state = match storage.get(Table::Messenger, b"core")? {
+            Some(core) => {
+                let core: MessengerState = serde_json::from_slice(&core).map_err(damaged)?;
+                let records = storage
+                    .list(Table::Contacts)?
+                    .iter()
+                    .map(|(_, v)| serde_json::from_slice::<ContactRecord>(v))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| AgentError::Damaged("a contact's record"))?;
+                MessengerState::from_parts(core, records)
+            }
+            None => {
+                // The whole state in one record, as kept before: it moves
+                // into the core and one record per contact (written with
+                // the first batch), and the old record goes, with the old
+                // ratchet states in it.
+                let bytes = storage
+                    .get(Table::Messenger, b"state")?
+                    .ok_or(AgentError::NoAccount)?;
+                batch.delete(Table::Messenger, b"state".to_vec());
+                serde_json::from_slice(&bytes).map_err(damaged)?
+            }
+        };
+        let mut messenger = Messenger::from_state(config.messenger.clone(), state, rng.random())?;
+        if batch.is_empty() {
+            // Every record is stored already.
+            messenger.take_touched();
+        } else {
+            let core = core_bytes(&messenger);
+            batch.put(Table::Messenger, b"core".to_vec(), core);
+        }
         let history_seq = last_position(&storage)?;
         let hub = Hub::load(&storage, config.topic_prefix.clone(), now.0, rng.random())?;
         let mut agent = Agent {
@@ -260,7 +287,7 @@ impl<S: Storage> Agent<S> {
             directories: Vec::new(),
             swarm_identity: None,
             history_seq,
-            batch: Batch::default(),
+            batch,
             shown: Vec::new(),
             letters: Vec::new(),
             outputs: VecDeque::new(),
@@ -666,9 +693,19 @@ impl<S: Storage> Agent<S> {
         }
         let writes = self.hub.take_writes();
         self.batch.puts.extend(writes.puts);
+        // The core when anything changed, and only the records of the
+        // contacts that changed.
         if self.messenger.take_dirty() {
-            let state = state_bytes(&self.messenger);
-            self.batch.put(Table::Messenger, b"state".to_vec(), state);
+            let core = core_bytes(&self.messenger);
+            self.batch.put(Table::Messenger, b"core".to_vec(), core);
+        }
+        for address in self.messenger.take_touched() {
+            if let Some(record) = self.messenger.contact_record(&address)
+                && let Ok(bytes) = serde_json::to_vec(&record)
+            {
+                self.batch
+                    .put(Table::Contacts, address.to_string().into_bytes(), bytes);
+            }
         }
         if let Some(client) = &self.client {
             let cursors = client.cursors();

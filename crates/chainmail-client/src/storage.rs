@@ -19,8 +19,13 @@ pub enum Table {
     Client,
     /// The newest valid advisory of unsafe versions (`current`).
     Advisory,
-    /// The messenger's state (contacts, sessions): `state`.
+    /// The messenger's state without contacts and sessions: `core`
+    /// (`state`: the whole state, as versions before per-contact records
+    /// kept it; moved into `core` and `contacts` when found).
     Messenger,
+    /// One record per contact (the contact and its Olm sessions): its
+    /// address.
+    Contacts,
     /// What the user was shown, in order: big-endian position from 1.
     History,
     /// The messages the user sent, with their states: hex id.
@@ -35,10 +40,11 @@ pub enum Table {
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 8] = [
+    pub const ALL: [Table; 9] = [
         Table::Client,
         Table::Advisory,
         Table::Messenger,
+        Table::Contacts,
         Table::History,
         Table::Sent,
         Table::Invites,
@@ -52,6 +58,7 @@ impl Table {
             Table::Client => "client",
             Table::Advisory => "advisory",
             Table::Messenger => "messenger",
+            Table::Contacts => "contacts",
             Table::History => "history",
             Table::Sent => "sent",
             Table::Invites => "invites",
@@ -66,13 +73,23 @@ impl Table {
 pub struct Batch {
     /// (table, key, value) to store, replacing what was there.
     pub puts: Vec<(Table, Vec<u8>, Vec<u8>)>,
+    /// (table, key) to delete, after the puts.
+    pub deletes: Vec<(Table, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for Batch {
     // Tables and sizes only: values hold secrets and messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.puts.iter().map(|(t, k, v)| (t, k.len(), v.len())))
+        f.debug_struct("Batch")
+            .field(
+                "puts",
+                &self
+                    .puts
+                    .iter()
+                    .map(|(t, k, v)| (t, k.len(), v.len()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("deletes", &self.deletes.len())
             .finish()
     }
 }
@@ -83,9 +100,14 @@ impl Batch {
         self.puts.push((table, key.into(), value));
     }
 
+    /// Deletes a key.
+    pub fn delete(&mut self, table: Table, key: impl Into<Vec<u8>>) {
+        self.deletes.push((table, key.into()));
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.puts.is_empty()
+        self.puts.is_empty() && self.deletes.is_empty()
     }
 
     /// The value this batch writes under `key` in `table`, if it writes
@@ -178,6 +200,11 @@ impl Storage for MemoryStorage {
                 .entry(*table)
                 .or_default()
                 .insert(key.clone(), value.clone());
+        }
+        for (table, key) in &batch.deletes {
+            if let Some(t) = tables.get_mut(table) {
+                t.remove(key);
+            }
         }
         Ok(())
     }

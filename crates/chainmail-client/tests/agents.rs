@@ -400,3 +400,58 @@ fn a_batch_is_written_before_what_follows_it() {
     assert!(seen_batch);
     assert_ne!(first_packet_after_batch, Some(false));
 }
+
+#[test]
+fn a_whole_state_from_before_moves_into_per_contact_records() {
+    use chainmail_client::Table;
+    use chainmail_session::Messenger;
+    let mut rng = StdRng::seed_from_u64(5);
+    let config = MessengerConfig::new(chainmail_mixnet::network_hash("agents-sim"));
+    let mut messenger = Messenger::new(
+        config.clone(),
+        Account::generate(&mut rng),
+        "old",
+        rng.random(),
+    );
+    for name in ["carol", "dave"] {
+        let address = Account::generate(&mut rng).address();
+        messenger.add_contact(START, address, name, None).unwrap();
+    }
+    // Storage as versions before per-contact records left it.
+    let storage = MemoryStorage::new();
+    let mut legacy = chainmail_client::Batch::default();
+    legacy.put(
+        Table::Messenger,
+        b"state".to_vec(),
+        serde_json::to_vec(&messenger.state()).unwrap(),
+    );
+    storage.write(&legacy).unwrap();
+
+    let params = Params::with_preset(Preset::Standard);
+    let agent_config = AgentConfig::new(params, config, "agents-sim/".into());
+    let mut agent = Agent::open(agent_config.clone(), storage.clone(), START, 1).unwrap();
+    agent.handle_timeout(START);
+    while let Some(output) = agent.poll_output() {
+        if let Output::Persist(batch) = output {
+            storage.write(&batch).unwrap();
+        }
+    }
+    assert!(storage.get(Table::Messenger, b"state").unwrap().is_none());
+    assert!(storage.get(Table::Messenger, b"core").unwrap().is_some());
+    assert_eq!(storage.list(Table::Contacts).unwrap().len(), 2);
+
+    // It opens from the records, with both contacts.
+    let mut again = Agent::open(agent_config, storage, START, 2).unwrap();
+    let contacts = again
+        .request(START, AccountRequest::ContactList)
+        .map(|r| serde_json::to_value(r).unwrap())
+        .unwrap();
+    let mut names: Vec<&str> = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["carol", "dave"]);
+}

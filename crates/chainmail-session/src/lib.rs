@@ -26,8 +26,8 @@ pub use envelope::{
 };
 pub use error::SessionError;
 pub use messenger::{
-    Action, Contact, ContactState, FragmentTag, MessageState, Messenger, MessengerConfig,
-    MessengerEvent, MessengerState, MessengerStats,
+    Action, Contact, ContactRecord, ContactState, FragmentTag, MessageState, Messenger,
+    MessengerConfig, MessengerEvent, MessengerState, MessengerStats,
 };
 pub use safety::{SafetyNumber, safety_number};
 pub use stamp::{MAX_DIFFICULTY, Stamp, day_of, stamp_challenge, stamp_fresh};

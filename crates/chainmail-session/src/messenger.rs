@@ -19,7 +19,7 @@
 //! recipient just received something from the sender (the confirmation
 //! attack of naive acknowledgements).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use chainmail_mixnet::Time;
@@ -56,8 +56,12 @@ pub struct MessengerConfig {
     /// for the ones before it.
     pub reorder_timeout: Duration,
     /// How long to wait before looking an address up again after a
-    /// lookup found nothing.
+    /// lookup found nothing: `first_lookup_retry`, doubled after each
+    /// failure up to `lookup_retry` (a descriptor published a moment ago
+    /// is usually there a few seconds later).
     pub lookup_retry: Duration,
+    /// The first wait after a lookup found nothing.
+    pub first_lookup_retry: Duration,
     /// How long a recipient collects receipts before sending them (one
     /// envelope for many messages; it also loosens the timing link between
     /// a message and its receipt).
@@ -89,6 +93,7 @@ impl MessengerConfig {
             max_fragment: chainmail_mixnet::message::MAX_BODY,
             reorder_timeout: Duration::from_secs(300),
             lookup_retry: Duration::from_secs(30),
+            first_lookup_retry: Duration::from_secs(4),
             receipt_delay: Duration::from_secs(1),
             resend_after: Duration::from_secs(45),
             max_sends: 4,
@@ -194,6 +199,9 @@ pub struct Contact {
     held: BTreeMap<u64, (Time, Vec<u8>)>,
     seen_ahead: Vec<u64>,
     lookup_at: Option<Time>,
+    /// Lookups in a row that found nothing.
+    #[serde(default)]
+    lookups_failed: u32,
 }
 
 /// What the user should see.
@@ -487,6 +495,56 @@ pub struct Messenger {
     events: VecDeque<MessengerEvent>,
     stats: MessengerStats,
     dirty: bool,
+    /// Contacts whose record (the contact, its sessions) changed since
+    /// [`Messenger::take_touched`] was last called.
+    touched: BTreeSet<Address>,
+}
+
+/// One contact with its Olm sessions: the part of [`MessengerState`] that
+/// grows with the number of contacts, stored one record per contact so
+/// that a message costs a write of its contact's record, not of all of
+/// them (secret: store it encrypted).
+#[derive(Serialize, Deserialize)]
+pub struct ContactRecord {
+    contact: Contact,
+    sessions: Vec<olm::SessionPickle>,
+}
+
+impl ContactRecord {
+    /// Whose record it is.
+    pub fn address(&self) -> Address {
+        self.contact.address
+    }
+}
+
+impl MessengerState {
+    /// Splits the state into its core (everything but contacts and
+    /// sessions) and one record per contact.
+    pub fn into_parts(mut self) -> (MessengerState, Vec<ContactRecord>) {
+        let mut sessions: HashMap<Address, Vec<olm::SessionPickle>> =
+            std::mem::take(&mut self.sessions).into_iter().collect();
+        let records = std::mem::take(&mut self.contacts)
+            .into_iter()
+            .map(|contact| ContactRecord {
+                sessions: sessions.remove(&contact.address).unwrap_or_default(),
+                contact,
+            })
+            .collect();
+        (self, records)
+    }
+
+    /// Joins what [`MessengerState::into_parts`] split (or a core and the
+    /// records written one by one).
+    pub fn from_parts(mut core: MessengerState, records: Vec<ContactRecord>) -> MessengerState {
+        for record in records {
+            if !record.sessions.is_empty() {
+                core.sessions
+                    .push((record.contact.address, record.sessions));
+            }
+            core.contacts.push(record.contact);
+        }
+        core
+    }
 }
 
 impl Messenger {
@@ -515,6 +573,7 @@ impl Messenger {
             events: VecDeque::new(),
             stats: MessengerStats::default(),
             dirty: true,
+            touched: BTreeSet::new(),
         }
     }
 
@@ -550,6 +609,7 @@ impl Messenger {
         m.stamp_jobs = state.stamp_jobs.into_iter().collect();
         m.stats = state.stats;
         m.dirty = false;
+        m.touched = m.contacts.keys().copied().collect();
         m.resume();
         Ok(m)
     }
@@ -577,9 +637,46 @@ impl Messenger {
     }
 
     /// Whether the state changed since the last call (then store
-    /// [`Messenger::state`] before acting on what came out).
+    /// [`Messenger::state`], or [`Messenger::core_state`] and the records
+    /// of [`Messenger::take_touched`], before acting on what came out).
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// The state without contacts and sessions: what is in flight, the
+    /// account, counters. Small however many contacts there are.
+    pub fn core_state(&self) -> MessengerState {
+        MessengerState {
+            account: self.account.state(),
+            name: self.name.clone(),
+            contacts: Vec::new(),
+            sessions: Vec::new(),
+            outgoing: self.outgoing.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            mixnet_ids: self.mixnet_ids.iter().map(|(k, v)| (*k, *v)).collect(),
+            stamp_jobs: self
+                .stamp_jobs
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// The contacts whose records changed since the last call (all of them
+    /// after [`Messenger::from_state`]).
+    pub fn take_touched(&mut self) -> Vec<Address> {
+        std::mem::take(&mut self.touched).into_iter().collect()
+    }
+
+    /// A contact's record: the contact and its sessions.
+    pub fn contact_record(&self, address: &Address) -> Option<ContactRecord> {
+        let contact = self.contacts.get(address)?.clone();
+        let sessions = self
+            .sessions
+            .get(address)
+            .map(|s| s.iter().map(olm::Session::pickle).collect())
+            .unwrap_or_default();
+        Some(ContactRecord { contact, sessions })
     }
 
     /// This account's address.
@@ -671,6 +768,7 @@ impl Messenger {
             return;
         }
         let version = c.client_version.clone().unwrap_or_default();
+        self.touched.insert(address);
         if let Some(c) = self.contacts.get_mut(&address) {
             c.warned_version = Some(version.clone());
         }
@@ -723,6 +821,7 @@ impl Messenger {
         if self.contacts.len() >= MAX_CONTACTS {
             return Err(SessionError::Invalid("too many contacts"));
         }
+        self.touched.insert(address);
         self.contacts.insert(
             address,
             Contact {
@@ -742,6 +841,7 @@ impl Messenger {
                 held: BTreeMap::new(),
                 seen_ahead: Vec::new(),
                 lookup_at: Some(now),
+                lookups_failed: 0,
             },
         );
         self.dirty = true;
@@ -779,6 +879,7 @@ impl Messenger {
             .into_iter()
             .map(|p| (p, descriptor_dht_key(&self.config.network, &address, p)))
             .collect();
+        self.touched.insert(address);
         if let Some(c) = self.contacts.get_mut(&address) {
             c.lookup_at = None;
         }
@@ -797,6 +898,7 @@ impl Messenger {
                 return;
             }
         };
+        self.touched.insert(address);
         let Some(contact) = self.contacts.get_mut(&address) else {
             return;
         };
@@ -821,6 +923,7 @@ impl Messenger {
                 return;
             }
         };
+        self.touched.insert(address);
         self.sessions.insert(address, vec![session]);
         let Some(reply) = self.mixnet.clone() else {
             return;
@@ -834,6 +937,7 @@ impl Messenger {
             return;
         };
         contact.state = ContactState::RequestSent;
+        contact.lookups_failed = 0;
         self.dirty = true;
         if self
             .send_envelope(now, address, Kind::ContactRequest, body, true)
@@ -841,6 +945,7 @@ impl Messenger {
         {
             // Too much in flight: look up and try again later.
             let retry = self.config.lookup_retry;
+            self.touched.insert(address);
             if let Some(c) = self.contacts.get_mut(&address) {
                 c.state = ContactState::LookingUp;
                 c.lookup_at = Some(now + retry);
@@ -851,13 +956,21 @@ impl Messenger {
     /// The lookup of `address` ended; if no descriptor was usable, it is
     /// tried again later.
     pub fn handle_lookup_done(&mut self, now: Time, address: Address) {
-        let retry = self.config.lookup_retry;
+        let (first, most) = (self.config.first_lookup_retry, self.config.lookup_retry);
+        self.touched.insert(address);
         if let Some(c) = self.contacts.get_mut(&address)
             && c.state == ContactState::LookingUp
         {
+            c.lookups_failed = c.lookups_failed.saturating_add(1);
+            let doublings = c.lookups_failed.saturating_sub(1).min(16);
+            let retry = first.saturating_mul(1 << doublings).min(most);
             c.lookup_at = Some(now + retry);
-            self.events
-                .push_back(MessengerEvent::LookupFailed { contact: address });
+            self.dirty = true;
+            // Said once, then every tenth time: not on every quick retry.
+            if c.lookups_failed % 10 == 1 {
+                self.events
+                    .push_back(MessengerEvent::LookupFailed { contact: address });
+            }
         }
     }
 
@@ -889,6 +1002,7 @@ impl Messenger {
     }
 
     fn request_from(&mut self, address: &Address) -> Result<&mut Contact, SessionError> {
+        self.touched.insert(*address);
         match self.contacts.get_mut(address) {
             Some(c) if c.state == ContactState::RequestReceived => Ok(c),
             Some(_) => Err(SessionError::Invalid("no open request from this contact")),
@@ -899,6 +1013,7 @@ impl Messenger {
     /// Renames a contact.
     pub fn rename(&mut self, address: &Address, name: &str) -> Result<(), SessionError> {
         let name = self.check_name(name, Some(address))?;
+        self.touched.insert(*address);
         let c = self
             .contacts
             .get_mut(address)
@@ -911,6 +1026,7 @@ impl Messenger {
     /// Marks a contact verified (the user compared safety numbers), which
     /// also clears a key-change warning.
     pub fn set_verified(&mut self, address: &Address, verified: bool) -> Result<(), SessionError> {
+        self.touched.insert(*address);
         let c = self
             .contacts
             .get_mut(address)
@@ -1017,6 +1133,7 @@ impl Messenger {
                 "too many messages in flight: wait for some to be delivered",
             ));
         }
+        self.touched.insert(to);
         let contact = self
             .contacts
             .get_mut(&to)
@@ -1383,6 +1500,7 @@ impl Messenger {
         sender: &Address,
         message: &olm::OlmMessage,
     ) -> Option<Vec<u8>> {
+        self.touched.insert(*sender);
         let sessions = self.sessions.get_mut(sender)?;
         // The session that opens it becomes the one we send with, so two
         // sides that started sessions at once settle on one.
@@ -1448,6 +1566,7 @@ impl Messenger {
         };
         // A later first-message of a session we already have (the sender has
         // not heard from us yet): decrypt with that session.
+        self.touched.insert(sender);
         if let Some(sessions) = self.sessions.get_mut(&sender)
             && let Some(i) = sessions
                 .iter()
@@ -1472,9 +1591,11 @@ impl Messenger {
         if self.account.wants_republish() {
             self.next_publish = Some(now);
         }
+        self.touched.insert(sender);
         let sessions = self.sessions.entry(sender).or_default();
         sessions.insert(0, session);
         sessions.truncate(MAX_SESSIONS);
+        self.touched.insert(sender);
         if let Some(c) = self.contacts.get_mut(&sender) {
             match c.curve_key {
                 Some(old) if old != curve_key => {
@@ -1501,6 +1622,7 @@ impl Messenger {
         if envelope.kind == Kind::ContactRequest && !self.contacts.contains_key(&sender) {
             return self.new_request(sender, envelope);
         }
+        self.touched.insert(sender);
         let Some(c) = self.contacts.get_mut(&sender) else {
             self.stats.hidden += 1;
             return;
@@ -1509,6 +1631,7 @@ impl Messenger {
             c.client_version = Some(envelope.client_version.clone());
             self.check_version(sender);
         }
+        self.touched.insert(sender);
         let Some(c) = self.contacts.get_mut(&sender) else {
             return;
         };
@@ -1546,6 +1669,7 @@ impl Messenger {
     /// set, the oldest ones even across a gap).
     fn release_held(&mut self, sender: Address, now: Time, skip: bool) {
         loop {
+            self.touched.insert(sender);
             let Some(c) = self.contacts.get_mut(&sender) else {
                 return;
             };
@@ -1591,6 +1715,7 @@ impl Messenger {
             .get(&sender)
             .and_then(|s| s.first().map(|s| s.session_keys().identity_key.to_bytes()));
         let text = request.text.map(|t| truncate(&t, MAX_TEXT));
+        self.touched.insert(sender);
         self.contacts.insert(
             sender,
             Contact {
@@ -1610,6 +1735,7 @@ impl Messenger {
                 held: BTreeMap::new(),
                 seen_ahead: Vec::new(),
                 lookup_at: None,
+                lookups_failed: 0,
             },
         );
         self.dirty = true;
@@ -1622,6 +1748,7 @@ impl Messenger {
     }
 
     fn apply(&mut self, now: Time, sender: Address, envelope: Envelope) {
+        self.touched.insert(sender);
         let Some(c) = self.contacts.get_mut(&sender) else {
             return;
         };
@@ -1738,6 +1865,7 @@ impl Messenger {
             .map(|c| c.address)
             .collect();
         for address in due {
+            self.touched.insert(address);
             let Some(c) = self.contacts.get_mut(&address) else {
                 continue;
             };
@@ -1798,6 +1926,7 @@ impl Messenger {
                 }
                 continue;
             }
+            self.touched.insert(to);
             let frame = self
                 .sessions
                 .get_mut(&to)

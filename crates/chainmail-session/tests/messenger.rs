@@ -11,8 +11,8 @@ use chainmail_mixnet::message::ClientAddress;
 use chainmail_packet::{MailboxId, NodeId};
 use chainmail_session::messenger::MAX_COMMUNITY;
 use chainmail_session::{
-    Account, Action, Address, ContactState, MessageState, Messenger, MessengerConfig,
-    MessengerEvent, MessengerState, SessionError, Stamp,
+    Account, Action, Address, ContactRecord, ContactState, MessageState, Messenger,
+    MessengerConfig, MessengerEvent, MessengerState, SessionError, Stamp,
 };
 use ed25519_dalek::SigningKey;
 use rand::rngs::StdRng;
@@ -52,6 +52,17 @@ struct World {
     /// Users whose node is off: what is sent to them waits in their
     /// mailboxes.
     offline: Vec<bool>,
+    /// What each user stored, written the way a driver does: the core
+    /// whenever the state changed, and the record of each contact the
+    /// messenger says changed. A restart starts from this, so a change the
+    /// messenger forgot to report is lost and shows up in the tests.
+    stored: Vec<Stored>,
+}
+
+#[derive(Default)]
+struct Stored {
+    core: Option<serde_json::Value>,
+    contacts: std::collections::BTreeMap<Address, serde_json::Value>,
 }
 
 fn config(difficulty: u8) -> MessengerConfig {
@@ -81,6 +92,7 @@ impl World {
             delivered_fragments: 0,
             lost_fragments: 0,
             offline: Vec::new(),
+            stored: Vec::new(),
         }
     }
 
@@ -105,6 +117,8 @@ impl World {
             events: Vec::new(),
         });
         self.offline.push(false);
+        self.stored.push(Stored::default());
+        self.persist(self.users.len() - 1);
         self.users.len() - 1
     }
 
@@ -130,6 +144,7 @@ impl World {
                 while let Some(e) = self.users[u].messenger.poll_event() {
                     self.users[u].events.push(e);
                 }
+                self.persist(u);
             }
             if !any {
                 return;
@@ -325,6 +340,20 @@ impl World {
 
     /// Restarts user `u` from its stored state. What its mixnet client
     /// held (lost packets waiting to be sent again) is gone with it.
+    /// Stores what changed of user `u`'s state, as a driver does.
+    fn persist(&mut self, u: usize) {
+        let m = &mut self.users[u].messenger;
+        if m.take_dirty() {
+            self.stored[u].core = Some(serde_json::to_value(m.core_state()).unwrap());
+        }
+        for address in m.take_touched() {
+            let record = m.contact_record(&address).unwrap();
+            self.stored[u]
+                .contacts
+                .insert(address, serde_json::to_value(record).unwrap());
+        }
+    }
+
     fn restart(&mut self, u: usize, difficulty: u8) {
         self.restart_with(u, difficulty, |_| {});
     }
@@ -338,7 +367,17 @@ impl World {
         edit: impl FnOnce(&mut serde_json::Value),
     ) {
         self.wire.retain(|f| !(f.from == u && f.retry));
-        let mut json = serde_json::to_value(self.users[u].messenger.state()).unwrap();
+        self.persist(u);
+        let stored = &self.stored[u];
+        let core: MessengerState =
+            serde_json::from_value(stored.core.clone().expect("a stored core")).unwrap();
+        let records: Vec<ContactRecord> = stored
+            .contacts
+            .values()
+            .map(|v| serde_json::from_value(v.clone()).unwrap())
+            .collect();
+        let whole = MessengerState::from_parts(core, records);
+        let mut json = serde_json::to_value(whole).unwrap();
         edit(&mut json);
         let state: MessengerState = serde_json::from_value(json).unwrap();
         let mixnet_seal = self.users[u].seal;

@@ -1,17 +1,13 @@
 //! `chainmail`: the node, the local network tools, the demo, and the
 //! commands that talk to a running node.
 
-mod account;
-mod api;
 mod api_client;
 mod cli;
 mod cli_community;
-mod clock;
 mod demo;
-mod network;
-mod runtime;
-mod tasks;
 mod testnet;
+
+use chainmail_node::{account, clock, network, runtime};
 
 use std::path::PathBuf;
 use std::time::Duration;

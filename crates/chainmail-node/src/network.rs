@@ -10,36 +10,36 @@ use serde::{Deserialize, Serialize};
 /// A network file, as written in TOML.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NetworkFile {
+pub struct NetworkFile {
     /// Identity of the network.
-    pub(crate) network: NetworkSection,
+    pub network: NetworkSection,
     /// Mix-key epochs.
     #[serde(default)]
-    pub(crate) epochs: EpochSection,
+    pub epochs: EpochSection,
     /// Mixing and cover traffic.
     #[serde(default)]
-    pub(crate) mixing: MixingSection,
+    pub mixing: MixingSection,
     /// Mailboxes at providers.
     #[serde(default)]
-    pub(crate) mailboxes: MailboxSection,
+    pub mailboxes: MailboxSection,
     /// Accounts and contact requests.
     #[serde(default)]
-    pub(crate) accounts: AccountSection,
+    pub accounts: AccountSection,
 }
 
 /// `[accounts]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct AccountSection {
+pub struct AccountSection {
     /// Leading zero bits of the proof-of-work stamp a stranger's contact
     /// request must carry (0 to 32; each bit doubles the sender's work).
-    pub(crate) stamp_difficulty: u8,
+    pub stamp_difficulty: u8,
     /// Hours per period of the blinded keys account descriptors are
     /// published under.
-    pub(crate) descriptor_period_hours: u64,
+    pub descriptor_period_hours: u64,
     /// Ed25519 public key (64 hex digits) whose signed advisories of
     /// unsafe client versions this network carries; none if absent.
-    pub(crate) advisory_key: Option<String>,
+    pub advisory_key: Option<String>,
 }
 
 impl Default for AccountSection {
@@ -55,24 +55,24 @@ impl Default for AccountSection {
 /// `[network]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct NetworkSection {
+pub struct NetworkSection {
     /// Network id: part of every protocol name. Letters, digits and `-`.
-    pub(crate) id: String,
+    pub id: String,
     /// Human-readable name.
-    pub(crate) name: String,
+    pub name: String,
     /// Multiaddresses (with `/p2p/<peer id>`) of nodes to join through.
     #[serde(default)]
-    pub(crate) bootstrap: Vec<String>,
+    pub bootstrap: Vec<String>,
 }
 
 /// `[epochs]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct EpochSection {
+pub struct EpochSection {
     /// Length of a mix-key epoch, seconds.
-    pub(crate) length_secs: u64,
+    pub length_secs: u64,
     /// How long a key stays usable after its epoch, seconds.
-    pub(crate) key_grace_secs: u64,
+    pub key_grace_secs: u64,
 }
 
 impl Default for EpochSection {
@@ -87,23 +87,23 @@ impl Default for EpochSection {
 /// `[mixing]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct MixingSection {
+pub struct MixingSection {
     /// Mix layers between the providers.
-    pub(crate) layers: usize,
+    pub layers: usize,
     /// Most mixes per layer in an epoch.
-    pub(crate) layer_width_cap: usize,
+    pub layer_width_cap: usize,
     /// Anonymity preset: "low-bandwidth", "standard" or "strong".
-    pub(crate) preset: Preset,
+    pub preset: Preset,
     /// Override of the preset's mean per-hop delay, milliseconds.
-    pub(crate) mean_delay_ms: Option<f64>,
+    pub mean_delay_ms: Option<f64>,
     /// Override of the preset's client payload rate, packets per second.
-    pub(crate) payload_per_s: Option<f64>,
+    pub payload_per_s: Option<f64>,
     /// Override of the preset's client loop cover rate.
-    pub(crate) loop_per_s: Option<f64>,
+    pub loop_per_s: Option<f64>,
     /// Override of the preset's client drop cover rate.
-    pub(crate) drop_per_s: Option<f64>,
+    pub drop_per_s: Option<f64>,
     /// Override of the preset's mix loop cover rate.
-    pub(crate) mix_loop_per_s: Option<f64>,
+    pub mix_loop_per_s: Option<f64>,
 }
 
 impl Default for MixingSection {
@@ -124,13 +124,13 @@ impl Default for MixingSection {
 /// `[mailboxes]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct MailboxSection {
+pub struct MailboxSection {
     /// How long providers keep mail, hours.
-    pub(crate) retention_hours: u64,
+    pub retention_hours: u64,
     /// Most items per mailbox.
-    pub(crate) quota_items: u64,
+    pub quota_items: u64,
     /// Most bytes per mailbox.
-    pub(crate) quota_bytes: u64,
+    pub quota_bytes: u64,
 }
 
 impl Default for MailboxSection {
@@ -146,7 +146,7 @@ impl Default for MailboxSection {
 /// A network file that could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub(crate) enum NetworkFileError {
+pub enum NetworkFileError {
     /// The file could not be read.
     #[error("cannot read network file {path}: {source}")]
     Read {
@@ -175,14 +175,14 @@ pub(crate) enum NetworkFileError {
 
 impl NetworkFile {
     /// The advisory key, if the file names a valid one.
-    pub(crate) fn advisory_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+    pub fn advisory_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
         let text = self.accounts.advisory_key.as_deref()?.trim();
         let bytes = chainmail_client::hex::unhex_array::<32>(text)?;
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()
     }
 
     /// Reads and validates a network file.
-    pub(crate) fn load(path: &Path) -> Result<Self, NetworkFileError> {
+    pub fn load(path: &Path) -> Result<Self, NetworkFileError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| NetworkFileError::Read {
             path: shown.clone(),
@@ -202,7 +202,7 @@ impl NetworkFile {
     }
 
     /// Parses and validates network file text.
-    pub(crate) fn parse(text: &str) -> Result<Self, NetworkFileError> {
+    pub fn parse(text: &str) -> Result<Self, NetworkFileError> {
         let file: NetworkFile = toml::from_str(text).map_err(|e| NetworkFileError::Syntax {
             path: String::new(),
             message: e.to_string(),
@@ -215,12 +215,12 @@ impl NetworkFile {
     }
 
     /// The file as TOML.
-    pub(crate) fn to_toml(&self) -> String {
+    pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
     /// The mixnet parameters this file sets, validated.
-    pub(crate) fn params(&self) -> Result<Params, String> {
+    pub fn params(&self) -> Result<Params, String> {
         let id = &self.network.id;
         if id.is_empty()
             || id.len() > 64

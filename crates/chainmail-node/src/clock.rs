@@ -8,7 +8,7 @@ use chainmail_mixnet::Time;
 
 /// Wall-clock time, for the cores (descriptor expiry, epochs, timers).
 #[allow(clippy::disallowed_methods)] // the host's clock, read once, here
-pub(crate) fn now() -> Time {
+pub fn now() -> Time {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -18,6 +18,6 @@ pub(crate) fn now() -> Time {
 /// A monotonic instant, for measuring and for deadlines of the tools
 /// (demo, testnet, API long-polls).
 #[allow(clippy::disallowed_methods)] // the host's clock, read once, here
-pub(crate) fn instant() -> Instant {
+pub fn instant() -> Instant {
     Instant::now()
 }

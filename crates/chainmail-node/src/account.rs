@@ -19,23 +19,23 @@ use zeroize::Zeroizing;
 use crate::network::NetworkFile;
 
 /// Name of the account's vault in the node's store.
-pub(crate) const VAULT: &str = "account";
+pub const VAULT: &str = "account";
 /// File name of the generated key file in the data directory.
-pub(crate) const KEY_FILE: &str = "account.key";
+pub const KEY_FILE: &str = "account.key";
 
 /// How the vault is unlocked: a passphrase file, or a key file.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Unlock {
+pub struct Unlock {
     /// File holding the passphrase (first line).
-    pub(crate) passphrase_file: Option<std::path::PathBuf>,
+    pub passphrase_file: Option<std::path::PathBuf>,
     /// Key file (32 bytes or 64 hex digits).
-    pub(crate) key_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Unlock {
     /// The secret, from the passphrase file, the key file, or the data
     /// directory's generated key file.
-    pub(crate) fn secret(&self, data_dir: &Path) -> Result<VaultSecret> {
+    pub fn secret(&self, data_dir: &Path) -> Result<VaultSecret> {
         if let Some(path) = &self.passphrase_file {
             let text = Zeroizing::new(
                 std::fs::read_to_string(path)
@@ -62,7 +62,7 @@ impl Unlock {
 }
 
 /// The messenger settings a network file implies.
-pub(crate) fn messenger_config(network: &NetworkFile) -> MessengerConfig {
+pub fn messenger_config(network: &NetworkFile) -> MessengerConfig {
     let mut config = MessengerConfig::new(chainmail_mixnet::network_hash(&network.network.id));
     config.client_version = crate::runtime::VERSION.into();
     config.stamp_difficulty = network.accounts.stamp_difficulty;
@@ -76,7 +76,7 @@ pub(crate) fn messenger_config(network: &NetworkFile) -> MessengerConfig {
 }
 
 /// `chainmail init`: creates the account in the data directory's store.
-pub(crate) fn init(
+pub fn init(
     data_dir: &Path,
     network: &NetworkFile,
     name: &str,
@@ -129,7 +129,7 @@ pub(crate) fn init(
 
 /// The agent's storage: the account's vault. Clones share the vault.
 #[derive(Clone)]
-pub(crate) struct VaultStorage(pub(crate) Arc<Vault>);
+pub struct VaultStorage(pub Arc<Vault>);
 
 fn storage_err(e: chainmail_store::StoreError) -> StorageError {
     StorageError(e.to_string())
@@ -162,6 +162,10 @@ impl Storage for VaultStorage {
                 key,
                 value,
             })
+            .chain(batch.deletes.iter().map(|(table, key)| VaultOp::Delete {
+                table: table.as_str(),
+                key,
+            }))
             .collect();
         // A batch larger than one transaction (a sync that brought
         // thousands of blocks) takes several, in order: all are durable
@@ -176,7 +180,7 @@ impl Storage for VaultStorage {
 /// Unlocks the account's vault, if the store has one. Keys and the
 /// advisory that older versions kept in the store outside the vault move
 /// into it.
-pub(crate) fn open_vault(
+pub fn open_vault(
     store: Arc<Store>,
     data_dir: &Path,
     unlock: &Unlock,

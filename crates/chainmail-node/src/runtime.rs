@@ -35,98 +35,100 @@ use crate::network::NetworkFile;
 use crate::tasks::Tasks;
 
 /// Software version carried in descriptors.
-pub(crate) const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
+pub const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
 
 const MAX_BATCH: usize = 512;
 
-pub(crate) use crate::clock::now;
+pub use crate::clock::now;
 
 /// How a node is started.
 #[derive(Clone, Debug)]
-pub(crate) struct NodeOptions {
+pub struct NodeOptions {
     /// The network file.
-    pub(crate) network: NetworkFile,
+    pub network: NetworkFile,
     /// Where the node keeps its state.
-    pub(crate) data_dir: PathBuf,
+    pub data_dir: PathBuf,
     /// TCP port on 127.0.0.1 (0: any).
-    pub(crate) tcp_port: u16,
+    pub tcp_port: u16,
     /// QUIC port on 127.0.0.1 (0: any).
-    pub(crate) quic_port: u16,
+    pub quic_port: u16,
     /// Mix and/or provider; neither for a client-only node.
-    pub(crate) roles: Roles,
+    pub roles: Roles,
     /// Whether the node hosts its user's agent (the account's messenger,
     /// mixnet client and communities).
-    pub(crate) client: bool,
+    pub client: bool,
     /// Providers the client should use (node ids); empty: choose.
-    pub(crate) providers: Vec<NodeId>,
+    pub providers: Vec<NodeId>,
     /// Port of the local API on 127.0.0.1 (0: any).
-    pub(crate) api_port: u16,
+    pub api_port: u16,
     /// How often the node republishes its descriptor.
-    pub(crate) descriptor_refresh: Duration,
+    pub descriptor_refresh: Duration,
     /// Most packets per second accepted from one peer.
-    pub(crate) peer_packet_rate: u32,
+    pub peer_packet_rate: u32,
     /// How to unlock the account's vault.
-    pub(crate) unlock: crate::account::Unlock,
+    pub unlock: crate::account::Unlock,
 }
 
 /// Where the local API listens and its token; written to `api.json` in the
 /// data directory (readable by the owner only).
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct ApiInfo {
+pub struct ApiInfo {
     /// Port on 127.0.0.1.
-    pub(crate) port: u16,
+    pub port: u16,
     /// Bearer token.
-    pub(crate) token: String,
+    pub token: String,
     /// The node's peer id.
-    pub(crate) peer_id: String,
+    pub peer_id: String,
     /// The node's process id.
-    pub(crate) pid: u32,
+    pub pid: u32,
 }
 
 /// Requests from the local API to the runtime.
-pub(crate) enum ApiCall {
+pub enum ApiCall {
     /// Status snapshot.
     Status(oneshot::Sender<Status>),
     /// Prometheus metrics text.
     Metrics(oneshot::Sender<String>),
     /// An account request from the CLI.
     Account {
+        /// What the user asks.
         request: chainmail_client::AccountRequest,
+        /// Where the answer goes.
         reply: oneshot::Sender<Result<chainmail_client::Response, String>>,
     },
 }
 
 /// What `GET /v1/status` returns.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Status {
+pub struct Status {
     /// Peer id.
-    pub(crate) peer_id: String,
+    pub peer_id: String,
     /// Node id (hex of the Ed25519 key).
-    pub(crate) node_id: String,
+    pub node_id: String,
     /// Roles.
-    pub(crate) mix: bool,
+    pub mix: bool,
     /// Roles.
-    pub(crate) provider: bool,
+    pub provider: bool,
     /// Connected peers.
-    pub(crate) peers: usize,
+    pub peers: usize,
     /// Every peer this node has been connected to since it started.
-    pub(crate) peers_seen: Vec<String>,
+    pub peers_seen: Vec<String>,
     /// Descriptors known.
-    pub(crate) descriptors: usize,
+    pub descriptors: usize,
     /// Current epoch.
-    pub(crate) epoch: u32,
+    pub epoch: u32,
     /// Mixes per layer in the current epoch's directory.
-    pub(crate) layers: Vec<usize>,
+    pub layers: Vec<usize>,
     /// Providers in the current epoch's directory.
-    pub(crate) providers: usize,
+    pub providers: usize,
     /// Whether routes can be built.
-    pub(crate) directory_complete: bool,
+    pub directory_complete: bool,
     /// The hosted client's address, once it has providers.
-    pub(crate) address: Option<String>,
+    pub address: Option<String>,
     /// Messages sent and not yet acknowledged.
-    pub(crate) pending: usize,
+    pub pending: usize,
     /// Packets the client has put on its link.
-    pub(crate) client_packets_sent: u64,
+    pub client_packets_sent: u64,
 }
 
 /// Mailboxes on redb, for the node core.
@@ -259,7 +261,7 @@ const MAX_TASKS: usize = 4096;
 const MAX_MINTING: usize = 2;
 
 /// Runs a node until `shutdown` resolves.
-pub(crate) async fn run_node(
+pub async fn run_node(
     opts: NodeOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
@@ -416,7 +418,9 @@ pub(crate) async fn run_node(
     Ok(())
 }
 
-pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes `bytes` to `path` readable by the owner only, through a
+/// temporary file, so that a crash leaves the old file or the new one.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;
