@@ -1025,31 +1025,13 @@ impl<S: Storage> Agent<S> {
                     .collect(),
             )),
             AccountRequest::ContactAccept { name } => {
-                let a = self.contact_address(&name)?;
-                self.messenger.accept(now, &a).map_err(|e| e.to_string())?;
-                Ok(Response::Contact(ContactChange {
-                    name,
-                    address: None,
-                    state: "accepted".into(),
-                }))
+                self.answer_contact(name, |m, a| m.accept(now, a).map(|()| "accepted"))
             }
             AccountRequest::ContactDeny { name } => {
-                let a = self.contact_address(&name)?;
-                self.messenger.deny(now, &a).map_err(|e| e.to_string())?;
-                Ok(Response::Contact(ContactChange {
-                    name,
-                    address: None,
-                    state: "denied".into(),
-                }))
+                self.answer_contact(name, |m, a| m.deny(now, a).map(|()| "denied"))
             }
             AccountRequest::ContactIgnore { name } => {
-                let a = self.contact_address(&name)?;
-                self.messenger.ignore(&a).map_err(|e| e.to_string())?;
-                Ok(Response::Contact(ContactChange {
-                    name,
-                    address: None,
-                    state: "ignored".into(),
-                }))
+                self.answer_contact(name, |m, a| m.ignore(a).map(|()| "ignored"))
             }
             AccountRequest::Send { to, text } => {
                 let a = self.contact_address(&to)?;
@@ -1133,6 +1115,24 @@ impl<S: Storage> Agent<S> {
                 }))
             }
         }
+    }
+
+    /// Does `what` to the contact named `name`; its new state.
+    fn answer_contact(
+        &mut self,
+        name: String,
+        what: impl FnOnce(
+            &mut Messenger,
+            &Address,
+        ) -> Result<&'static str, chainmail_session::SessionError>,
+    ) -> Result<Response, String> {
+        let address = self.contact_address(&name)?;
+        let state = what(&mut self.messenger, &address).map_err(|e| e.to_string())?;
+        Ok(Response::Contact(ContactChange {
+            name,
+            address: None,
+            state: state.into(),
+        }))
     }
 
     fn community(&mut self, now: Time, request: CommunityRequest) -> Result<Value, String> {

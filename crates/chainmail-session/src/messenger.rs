@@ -616,24 +616,12 @@ impl Messenger {
 
     /// Everything to keep across restarts (secret).
     pub fn state(&self) -> MessengerState {
-        MessengerState {
-            account: self.account.state(),
-            name: self.name.clone(),
-            contacts: self.contacts.values().cloned().collect(),
-            sessions: self
-                .sessions
-                .iter()
-                .map(|(a, s)| (*a, s.iter().map(olm::Session::pickle).collect()))
-                .collect(),
-            outgoing: self.outgoing.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            mixnet_ids: self.mixnet_ids.iter().map(|(k, v)| (*k, *v)).collect(),
-            stamp_jobs: self
-                .stamp_jobs
-                .iter()
-                .map(|(k, v)| (*k, v.clone()))
-                .collect(),
-            stats: self.stats.clone(),
-        }
+        let records = self
+            .contacts
+            .keys()
+            .filter_map(|a| self.contact_record(a))
+            .collect();
+        MessengerState::from_parts(self.core_state(), records)
     }
 
     /// Whether the state changed since the last call (then store
