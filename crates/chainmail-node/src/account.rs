@@ -64,7 +64,7 @@ impl Unlock {
 /// The messenger settings a network file implies.
 pub fn messenger_config(network: &NetworkFile) -> MessengerConfig {
     let mut config = MessengerConfig::new(chainmail_mixnet::network_hash(&network.network.id));
-    config.client_version = crate::runtime::VERSION.into();
+    config.client_version = crate::VERSION.into();
     config.stamp_difficulty = network.accounts.stamp_difficulty;
     config.descriptor_period = Duration::from_secs(
         network
@@ -99,7 +99,7 @@ pub fn init(
         // No secret given: generate a key file next to the data.
         let path = data_dir.join(KEY_FILE);
         let key = chainmail_store::generate_key_file(&mut rand::rng());
-        crate::runtime::write_private(&path, chainmail_store::encode_key_file(&key).as_bytes())?;
+        crate::files::write_private(&path, chainmail_store::encode_key_file(&key).as_bytes())?;
         written_key = Some(path);
         VaultSecret::KeyFile(key)
     } else {

@@ -21,8 +21,70 @@ use chainmail_store::StoreStats;
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::runtime::ApiCall;
 use chainmail_client::hex::hex;
+use serde::{Deserialize, Serialize};
+
+/// Where the local API listens and its token; written to `api.json` in the
+/// data directory (readable by the owner only).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiInfo {
+    /// Port on 127.0.0.1.
+    pub port: u16,
+    /// Bearer token.
+    pub token: String,
+    /// The node's peer id.
+    pub peer_id: String,
+    /// The node's process id.
+    pub pid: u32,
+}
+
+/// Requests from the local API to the runtime.
+pub enum ApiCall {
+    /// Status snapshot.
+    Status(oneshot::Sender<Status>),
+    /// Prometheus metrics text.
+    Metrics(oneshot::Sender<String>),
+    /// An account request from the CLI.
+    Account {
+        /// What the user asks.
+        request: chainmail_client::AccountRequest,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<chainmail_client::Response, String>>,
+    },
+}
+
+/// What `GET /v1/status` returns.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    /// Peer id.
+    pub peer_id: String,
+    /// Node id (hex of the Ed25519 key).
+    pub node_id: String,
+    /// Roles.
+    pub mix: bool,
+    /// Roles.
+    pub provider: bool,
+    /// Connected peers.
+    pub peers: usize,
+    /// Every peer this node has been connected to since it started.
+    pub peers_seen: Vec<String>,
+    /// Descriptors known.
+    pub descriptors: usize,
+    /// Current epoch.
+    pub epoch: u32,
+    /// Mixes per layer in the current epoch's directory.
+    pub layers: Vec<usize>,
+    /// Providers in the current epoch's directory.
+    pub providers: usize,
+    /// Whether routes can be built.
+    pub directory_complete: bool,
+    /// The hosted client's address, once it has providers.
+    pub address: Option<String>,
+    /// Messages sent and not yet acknowledged.
+    pub pending: usize,
+    /// Packets the client has put on its link.
+    pub client_packets_sent: u64,
+}
 
 /// A running API server.
 pub(crate) struct Api {

@@ -11,6 +11,10 @@
 pub mod account;
 mod api;
 pub mod clock;
+mod files;
 pub mod network;
 pub mod runtime;
 mod tasks;
+
+/// Software version carried in descriptors and account descriptors.
+pub const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));

@@ -7,7 +7,7 @@
 //! then sends what the cores produced.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,16 +26,16 @@ use chainmail_packet::{Epoch, MailboxId, MixSecretKey, NodeId, ReplayTag};
 use chainmail_store::{AppendOutcome, Store};
 use ed25519_dalek::SigningKey;
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::account::VaultStorage;
 use crate::network::NetworkFile;
 use crate::tasks::Tasks;
 
-/// Software version carried in descriptors.
-pub const VERSION: &str = concat!("chainmail ", env!("CARGO_PKG_VERSION"));
+pub use crate::VERSION;
+pub use crate::api::{ApiCall, ApiInfo, Status};
+pub use crate::files::write_private;
 
 const MAX_BATCH: usize = 512;
 
@@ -67,68 +67,6 @@ pub struct NodeOptions {
     pub peer_packet_rate: u32,
     /// How to unlock the account's vault.
     pub unlock: crate::account::Unlock,
-}
-
-/// Where the local API listens and its token; written to `api.json` in the
-/// data directory (readable by the owner only).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ApiInfo {
-    /// Port on 127.0.0.1.
-    pub port: u16,
-    /// Bearer token.
-    pub token: String,
-    /// The node's peer id.
-    pub peer_id: String,
-    /// The node's process id.
-    pub pid: u32,
-}
-
-/// Requests from the local API to the runtime.
-pub enum ApiCall {
-    /// Status snapshot.
-    Status(oneshot::Sender<Status>),
-    /// Prometheus metrics text.
-    Metrics(oneshot::Sender<String>),
-    /// An account request from the CLI.
-    Account {
-        /// What the user asks.
-        request: chainmail_client::AccountRequest,
-        /// Where the answer goes.
-        reply: oneshot::Sender<Result<chainmail_client::Response, String>>,
-    },
-}
-
-/// What `GET /v1/status` returns.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    /// Peer id.
-    pub peer_id: String,
-    /// Node id (hex of the Ed25519 key).
-    pub node_id: String,
-    /// Roles.
-    pub mix: bool,
-    /// Roles.
-    pub provider: bool,
-    /// Connected peers.
-    pub peers: usize,
-    /// Every peer this node has been connected to since it started.
-    pub peers_seen: Vec<String>,
-    /// Descriptors known.
-    pub descriptors: usize,
-    /// Current epoch.
-    pub epoch: u32,
-    /// Mixes per layer in the current epoch's directory.
-    pub layers: Vec<usize>,
-    /// Providers in the current epoch's directory.
-    pub providers: usize,
-    /// Whether routes can be built.
-    pub directory_complete: bool,
-    /// The hosted client's address, once it has providers.
-    pub address: Option<String>,
-    /// Messages sent and not yet acknowledged.
-    pub pending: usize,
-    /// Packets the client has put on its link.
-    pub client_packets_sent: u64,
 }
 
 /// Mailboxes on redb, for the node core.
@@ -415,26 +353,6 @@ pub async fn run_node(
     }
     info!("node stopping");
     rt.net.shutdown().await;
-    Ok(())
-}
-
-/// Writes `bytes` to `path` readable by the owner only, through a
-/// temporary file, so that a crash leaves the old file or the new one.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
     Ok(())
 }
 
