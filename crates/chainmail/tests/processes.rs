@@ -812,6 +812,17 @@ fn accounts_request_accept_deny_and_talk() {
             .then_some(())
     });
 
+    // The stranger tries the other way to bob's node: a message sealed to
+    // bob's mixnet address whose SURB starts at the stranger's own node.
+    // Were bob's node to acknowledge through it, it would connect to the
+    // stranger's node. It must not use the SURB, and count it.
+    attack_with_a_strangers_surb(&network, &stranger, &bob);
+    wait_for(
+        "bob's node to refuse the stranger's SURB",
+        Duration::from_secs(120),
+        || (metric(&bob, "chainmail_client_foreign_surbs_total") >= 1).then_some(()),
+    );
+
     // Who saw whom. The users' nodes are client-only: they connect to
     // their providers and the bootstrap nodes (the first three of the
     // testnet) and to nobody else; the stranger's node, a DHT server that
@@ -840,6 +851,94 @@ fn accounts_request_accept_deny_and_talk() {
             );
         }
     }
+}
+
+/// Builds, as a stranger would with the network's public directory and
+/// bob's mixnet address (from his descriptor), a message to bob whose SURB
+/// starts at the stranger's node, and enters it through the first
+/// bootstrap provider from a bare libp2p peer of the network.
+#[allow(clippy::disallowed_methods)] // the test's own clock
+fn attack_with_a_strangers_surb(network: &Path, stranger: &Path, bob: &Path) {
+    use chainmail_mixnet::message::{self, ClientAddress, Inner};
+    use chainmail_mixnet::{DescriptorSet, Time, network_hash};
+    use chainmail_net::{Multiaddr, Net, NetConfig, PeerId, RequestKind, node_key_from_peer_id};
+    use chainmail_packet::{MailboxId, NodeId, build_packet, build_surb};
+    use rand::RngExt;
+
+    let file = chainmail_node::network::NetworkFile::load(network).unwrap();
+    let params = file.params().unwrap();
+    let id = file.network.id.clone();
+    let bob_address =
+        ClientAddress::from_text(status(bob).unwrap()["address"].as_str().unwrap()).unwrap();
+    let stranger_node = NodeId(
+        hex_decode(status(stranger).unwrap()["node_id"].as_str().unwrap())
+            .try_into()
+            .unwrap(),
+    );
+    let boot: Multiaddr = file.network.bootstrap[0].parse().unwrap();
+    let entry_peer: PeerId = file.network.bootstrap[0]
+        .rsplit("/p2p/")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let entry_node = NodeId(node_key_from_peer_id(&entry_peer).unwrap());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let (net, _events) = Net::spawn(NetConfig::new(id.clone(), rand::rng().random())).unwrap();
+        net.dial(boot).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let all: Vec<Vec<u8>> = loop {
+            if let Ok(bytes) = net
+                .request(entry_peer, RequestKind::Descriptors, Vec::new())
+                .await
+                && let Ok(all) = postcard::from_bytes(&bytes)
+            {
+                break all;
+            }
+            assert!(Instant::now() < deadline, "no descriptors from the entry");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let now = Time(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64,
+        );
+        let mut descriptors = DescriptorSet::new(network_hash(&id));
+        for bytes in &all {
+            let _ = descriptors.insert(bytes, now);
+        }
+        let epoch = params.epoch_at(now);
+        let directory = descriptors.epoch_directory(epoch, &params, now);
+        let mut rng = rand::rng();
+        let first = directory.node(&stranger_node).unwrap();
+        let surb_route = directory.route(&mut rng, first, first, 10.0).unwrap();
+        let (surb, _) = {
+            let mailbox = MailboxId(rng.random());
+            build_surb(&mut rng, epoch, &surb_route, mailbox).unwrap()
+        };
+        let inner = Inner::Data {
+            id: rng.random(),
+            surb: Some(Box::new(surb)),
+            body: b"who is behind this address?".to_vec(),
+        }
+        .encode()
+        .unwrap();
+        let sealed = message::seal(&mut rng, &bob_address.seal_key, &inner);
+        let (provider, mailbox) = bob_address.mailboxes[0];
+        let entry = directory.provider(&entry_node).unwrap();
+        let to = directory.provider(&provider).unwrap();
+        let route = directory.route(&mut rng, entry, to, 10.0).unwrap();
+        assert_eq!(route[0].node, entry_node);
+        let packet = build_packet(&mut rng, epoch, &route, mailbox, &sealed[..]).unwrap();
+        net.send_packet(entry_peer, Box::new(*packet.as_bytes()))
+            .await
+            .unwrap();
+        // Time for the frame to leave before the peer goes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        net.shutdown().await;
+    });
 }
 
 fn init_account(network: &Path, dir: &Path, name: &str, extra: &[&str]) -> String {
