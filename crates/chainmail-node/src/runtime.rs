@@ -48,9 +48,11 @@ pub struct NodeOptions {
     pub network: NetworkFile,
     /// Where the node keeps its state.
     pub data_dir: PathBuf,
-    /// TCP port on 127.0.0.1 (0: any).
+    /// The IP address to listen on (0.0.0.0: all interfaces).
+    pub listen_ip: std::net::IpAddr,
+    /// TCP port (0: any).
     pub tcp_port: u16,
-    /// QUIC port on 127.0.0.1 (0: any).
+    /// QUIC port (0: any).
     pub quic_port: u16,
     /// Mix and/or provider; neither for a client-only node.
     pub roles: Roles,
@@ -223,9 +225,13 @@ pub async fn run_node(
     let id = NodeId(identity.verifying_key().to_bytes());
 
     let mut config = NetConfig::new(opts.network.network.id.clone(), identity.to_bytes());
+    let ip = match opts.listen_ip {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
     config.listen_addrs = vec![
-        format!("/ip4/127.0.0.1/tcp/{}", opts.tcp_port).parse()?,
-        format!("/ip4/127.0.0.1/udp/{}/quic-v1", opts.quic_port).parse()?,
+        format!("{ip}/tcp/{}", opts.tcp_port).parse()?,
+        format!("{ip}/udp/{}/quic-v1", opts.quic_port).parse()?,
     ];
     config.bootstrap = opts
         .network

@@ -323,5 +323,6 @@ impl Mixnet {
 
 /// The listen address a simulated node publishes.
 fn address_of(node: usize) -> String {
-    format!("/ip4/127.0.0.1/tcp/{}", 5000 + node)
+    // Never dialed: the simulated network routes by index.
+    format!("/dns4/sim-node-{node}/tcp/4001")
 }

@@ -209,10 +209,14 @@ struct NodeArgs {
     /// Where the node keeps its keys, mailboxes and state.
     #[arg(long)]
     data_dir: PathBuf,
-    /// TCP port on 127.0.0.1 (0: any free port).
+    /// The IP address to listen on: all interfaces by default (0.0.0.0;
+    /// "::" for IPv6), 127.0.0.1 for a network on this machine only.
+    #[arg(long, default_value = "0.0.0.0")]
+    listen_ip: std::net::IpAddr,
+    /// TCP port (0: any free port).
     #[arg(long, default_value_t = 0)]
     tcp_port: u16,
-    /// QUIC port on 127.0.0.1 (0: any free port).
+    /// QUIC port (0: any free port).
     #[arg(long, default_value_t = 0)]
     quic_port: u16,
     /// Port of the local API on 127.0.0.1 (0: any; see api.json).
@@ -347,6 +351,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             let opts = NodeOptions {
                 network,
                 data_dir: args.data_dir,
+                listen_ip: args.listen_ip,
                 tcp_port: args.tcp_port,
                 quic_port: args.quic_port,
                 roles: parse_roles(&args.roles)?,

@@ -167,6 +167,8 @@ impl Testnet {
             .arg(&network_file)
             .arg("--data-dir")
             .arg(&node.data_dir)
+            // A testnet is a network on this machine only.
+            .args(["--listen-ip", "127.0.0.1"])
             .args([
                 "--tcp-port",
                 &node.tcp_port.to_string(),

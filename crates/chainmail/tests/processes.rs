@@ -184,6 +184,8 @@ fn start_node(procs: &mut Procs, network: &Path, dir: &Path, extra: &[&str]) {
         dir.to_str().unwrap(),
     ])
     .args(["--descriptor-refresh-secs", "5", "--log", "info"])
+    // A network on this machine only.
+    .args(["--listen-ip", "127.0.0.1"])
     .args(extra)
     .stdin(Stdio::null());
     if let Some(log) = log {
