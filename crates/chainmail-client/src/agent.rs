@@ -28,7 +28,9 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::community::{CommunityRequest, Hub, InviteView, NetAction, SwarmAction, Verdict};
+use crate::community::{
+    CommunityRequest, Hub, InviteView, NetAction, Rendezvous, SwarmAction, Verdict,
+};
 use crate::errands::{Errands, Purpose};
 use crate::hex::hex;
 use crate::requests::{
@@ -606,13 +608,13 @@ impl<S: Storage> Agent<S> {
                     self.messenger.handle_lookup_done(now, address);
                 }
             }
-            Purpose::Rendezvous {
+            Purpose::Rendezvous(Rendezvous {
                 community,
                 key,
                 secret,
                 period,
                 me,
-            } => {
+            }) => {
                 let mut peers = found
                     .and_then(|v| chainmail_chain::open_peers(&secret, period, &v).ok())
                     .unwrap_or_default();
@@ -791,23 +793,13 @@ impl<S: Storage> Agent<S> {
         while let Some(action) = self.hub.poll_action() {
             match action {
                 NetAction::Swarm(action) => self.outputs.push_back(Output::Swarm(action)),
-                NetAction::Rendezvous {
-                    community,
-                    key,
-                    secret,
-                    period,
-                    me,
-                } => {
+                NetAction::Rendezvous(rendezvous) => {
                     // Read through the mixnet; ours is merged in and
                     // published again when the answer comes.
-                    let get = Errand::Get { key: key.to_vec() };
-                    let purpose = Purpose::Rendezvous {
-                        community,
-                        key,
-                        secret,
-                        period,
-                        me,
+                    let get = Errand::Get {
+                        key: rendezvous.key.to_vec(),
                     };
+                    let purpose = Purpose::Rendezvous(rendezvous);
                     self.errands.start(now, client, get, purpose);
                 }
             }

@@ -60,14 +60,23 @@ const RENDEZVOUS_PERIOD_MS: u64 = 3_600_000;
 pub(crate) enum NetAction {
     Swarm(SwarmAction),
     /// Merge our entry into the rendezvous record and look the others up.
-    Rendezvous {
-        community: Hash,
-        key: Hash,
-        secret: Hash,
-        period: u64,
-        /// Our own entry, merged in.
-        me: Option<PeerEntry>,
-    },
+    Rendezvous(Rendezvous),
+}
+
+/// One period's rendezvous record of a community: read, then ours merged
+/// in and published again.
+#[derive(Debug)]
+pub(crate) struct Rendezvous {
+    /// The community.
+    pub(crate) community: Hash,
+    /// The record's DHT key.
+    pub(crate) key: Hash,
+    /// The secret the record is sealed with.
+    pub(crate) secret: Hash,
+    /// The rendezvous period.
+    pub(crate) period: u64,
+    /// Our own entry, merged in.
+    pub(crate) me: Option<PeerEntry>,
 }
 
 /// Community swarm traffic: gossip on a community's topic and block sync
@@ -404,13 +413,13 @@ impl Hub {
                 if let Some(secret) = e.core.rendezvous_secret() {
                     let period = now_ms / RENDEZVOUS_PERIOD_MS;
                     for p in [period, period + 1] {
-                        self.actions.push_back(NetAction::Rendezvous {
+                        self.actions.push_back(NetAction::Rendezvous(Rendezvous {
                             community: id,
                             key: chainmail_chain::rendezvous_key(&id, &secret, p),
                             secret,
                             period: p,
                             me: self.me.clone(),
-                        });
+                        }));
                     }
                 }
             }

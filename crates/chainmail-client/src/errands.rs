@@ -4,9 +4,10 @@
 
 use std::collections::HashMap;
 
-use chainmail_chain::{Hash, PeerEntry};
 use chainmail_mixnet::{Client, Errand, ErrandId, Time};
 use chainmail_session::Address;
+
+use crate::community::Rendezvous;
 
 /// Why an errand was sent: what to do with its answer.
 pub(crate) enum Purpose {
@@ -22,20 +23,8 @@ pub(crate) enum Purpose {
     Publish,
     /// The network's advisory.
     Advisory,
-    /// A community's rendezvous record: read, then ours merged in and
-    /// published again.
-    Rendezvous {
-        /// The community.
-        community: Hash,
-        /// The record's DHT key.
-        key: Hash,
-        /// The secret the record is sealed with.
-        secret: Hash,
-        /// The rendezvous period.
-        period: u64,
-        /// Our own entry, merged in.
-        me: Option<PeerEntry>,
-    },
+    /// A community's rendezvous record.
+    Rendezvous(Rendezvous),
 }
 
 /// Most errands in flight.
