@@ -47,3 +47,17 @@ ensure_wasm_toolchain() {
         && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustc-web cargo-web rust-web-src lld \
         || die "cannot install the wasm toolchain: apt-get install rustc-web cargo-web rust-web-src lld"
 }
+
+# The network lab (scripts/netlab): network namespaces need root; nftables
+# does the NAT, the loss and the counting. Installed on demand, only by the
+# scripts that run the lab.
+ensure_netlab_tools() {
+    [ "$(id -u)" -eq 0 ] || die "the network lab needs root (network namespaces): run the tests as root"
+    command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 && return
+    command -v apt-get >/dev/null 2>&1 \
+        || die "the network lab needs iproute2 and nftables"
+    log "installing the network lab's tools (Debian packages iproute2 nftables iptables)"
+    apt-get update -qq \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables \
+        || die "cannot install the network lab's tools: apt-get install iproute2 nftables iptables"
+}

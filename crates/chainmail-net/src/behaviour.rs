@@ -4,11 +4,14 @@
 use std::sync::Arc;
 
 use libp2p::{
-    StreamProtocol, connection_limits, gossipsub, identify, identity::Keypair, kad, ping,
-    request_response, swarm::NetworkBehaviour,
+    StreamProtocol, autonat, connection_limits, gossipsub, identify,
+    identity::Keypair,
+    kad, ping, request_response,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
 use crate::{
+    addrs::AddressScope,
     config::{NetConfig, ProtocolNames},
     error::NetError,
     metrics::Counters,
@@ -45,6 +48,10 @@ pub(crate) struct NodeBehaviour {
     pub(crate) descriptors: request_response::Behaviour<FetchCodec>,
     pub(crate) community_sync: request_response::Behaviour<FetchCodec>,
     pub(crate) packet: packet::Behaviour,
+    /// Asks peers to dial our candidate addresses back (AutoNAT v2).
+    pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    /// Dials peers' candidate addresses back for them.
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 fn stream_protocol(name: &str) -> Result<StreamProtocol, NetError> {
@@ -108,11 +115,14 @@ impl NodeBehaviour {
             },
         );
         let mut kad = kad::Behaviour::with_config(local_peer_id, store, kad_config);
-        kad.set_mode(Some(if config.kad_server {
-            kad::Mode::Server
-        } else {
-            kad::Mode::Client
-        }));
+        // On a public network a would-be server answers DHT queries only
+        // once others can reach it: Kademlia's automatic mode switches to
+        // server when the swarm has a confirmed external address.
+        kad.set_mode(match (config.kad_server, config.scope) {
+            (false, _) => Some(kad::Mode::Client),
+            (true, AddressScope::Local) => Some(kad::Mode::Server),
+            (true, AddressScope::Public) => None,
+        });
 
         let topic = gossipsub::IdentTopic::new(names.descriptor_topic.clone());
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -190,6 +200,22 @@ impl NodeBehaviour {
             counters,
         );
 
+        // Reachability tests: a candidate address (what a peer saw us
+        // connect from, from identify) is tried every few seconds until one
+        // peer dialled it back.
+        let (autonat_client, autonat_server) = if config.autonat {
+            (
+                Some(autonat::v2::client::Behaviour::new(
+                    rand::make_rng::<rand::rngs::StdRng>(),
+                    autonat::v2::client::Config::default()
+                        .with_probe_interval(timeouts.reachability_probe),
+                )),
+                Some(autonat::v2::server::Behaviour::default()),
+            )
+        } else {
+            (None, None)
+        };
+
         Ok(Self {
             limits: connection_limits,
             identify,
@@ -200,6 +226,8 @@ impl NodeBehaviour {
             descriptors,
             community_sync,
             packet,
+            autonat_client: autonat_client.into(),
+            autonat_server: autonat_server.into(),
         })
     }
 }

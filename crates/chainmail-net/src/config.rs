@@ -5,7 +5,7 @@ use std::{fmt, time::Duration};
 use libp2p::{Multiaddr, multiaddr::Protocol};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::NetError;
+use crate::{addrs::AddressScope, error::NetError};
 
 /// Upper bound on [`Limits::max_community_topics`] and
 /// [`Limits::max_community_topics_per_peer`].
@@ -56,8 +56,10 @@ pub struct Limits {
     /// Maximum established connections in total (inbound and outbound).
     /// Default 512.
     pub max_connections: u32,
-    /// Maximum established connections to one peer. Default 2 (a
-    /// simultaneous dial from both sides may briefly create two).
+    /// Maximum established connections to one peer. Default 4: a
+    /// simultaneous dial from both sides may briefly create two, a node
+    /// learning its reachability opens one of its own to a peer that
+    /// already dialled it, and that peer's dial-back test is one more.
     pub max_connections_per_peer: u32,
     /// Maximum connections being set up at once, each direction. Default 64.
     pub max_pending_connections: u32,
@@ -136,7 +138,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 512,
-            max_connections_per_peer: 2,
+            max_connections_per_peer: 4,
             max_pending_connections: 64,
             max_streams_per_connection: 256,
             max_negotiating_inbound_streams: 64,
@@ -188,6 +190,9 @@ pub struct Timeouts {
     /// recent messages is sent. The first one comes after one interval.
     /// Default 1 s.
     pub gossip_heartbeat: Duration,
+    /// How often an untested candidate address is given to a peer to dial
+    /// back ([`NetConfig::autonat`]). Default 5 s.
+    pub reachability_probe: Duration,
 }
 
 impl Default for Timeouts {
@@ -201,6 +206,7 @@ impl Default for Timeouts {
             ping_interval: Duration::from_secs(15),
             ping_timeout: Duration::from_secs(20),
             gossip_heartbeat: Duration::from_secs(1),
+            reachability_probe: Duration::from_secs(5),
         }
     }
 }
@@ -227,7 +233,8 @@ pub struct NetConfig {
     pub limits: Limits,
     /// Whether this node answers DHT queries (Kademlia server mode). Nodes
     /// reachable by others (mixes, providers) should; clients behind NAT
-    /// should not. Default true.
+    /// should not. On an [`AddressScope::Public`] network the node becomes
+    /// a server only once it has a confirmed address. Default true.
     pub kad_server: bool,
     /// Whether this node takes part in the DHT at all. A client-only node
     /// whose lookups and publications travel through the mixnet (errands,
@@ -238,6 +245,27 @@ pub struct NetConfig {
     pub dht: bool,
     /// Time limits.
     pub timeouts: Timeouts,
+    /// Which addresses the node announces (in identify, to the DHT, as
+    /// [`NetEvent::AddressConfirmed`](crate::NetEvent::AddressConfirmed)).
+    /// Default [`AddressScope::Local`], matching the loopback listeners of
+    /// [`NetConfig::new`].
+    pub scope: AddressScope,
+    /// Addresses the operator knows others can reach this node at (a
+    /// public host's address, a port forwarded by a router): announced
+    /// without a reachability test. On a public network each must be
+    /// publicly routable. Default: none.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Whether the node learns which of its addresses others can reach,
+    /// and helps others learn theirs (AutoNAT v2: a peer dials the
+    /// candidate address back from a fresh port). Nodes that want to be
+    /// mixes or providers turn it on; on a [`AddressScope::Public`] network
+    /// their only other announced addresses are `external_addrs`.
+    /// Default false.
+    pub autonat: bool,
+    /// While the node has fewer peers of this network than this, it keeps
+    /// redialling its bootstrap peers (with backoff). Default 4; a client
+    /// that needs only its providers sets 1.
+    pub min_peers: usize,
 }
 
 impl NetConfig {
@@ -261,6 +289,10 @@ impl NetConfig {
             kad_server: true,
             dht: true,
             timeouts: Timeouts::default(),
+            scope: AddressScope::Local,
+            external_addrs: Vec::new(),
+            autonat: false,
+            min_peers: 4,
         }
     }
 
@@ -275,6 +307,19 @@ impl NetConfig {
         for addr in &self.bootstrap {
             if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
                 return Err(NetError::BootstrapWithoutPeerId(addr.clone()));
+            }
+        }
+        for addr in &self.external_addrs {
+            if !crate::addrs::announceable(self.scope, addr) {
+                return Err(NetError::InvalidConfig {
+                    field: "external_addrs",
+                    reason: match self.scope {
+                        AddressScope::Public => format!(
+                            "{addr} is not a publicly routable IP address (loopback, private and link-local addresses cannot be reached from other networks)"
+                        ),
+                        AddressScope::Local => format!("{addr} is not an IP address to announce"),
+                    },
+                });
             }
         }
         let l = &self.limits;
@@ -380,6 +425,7 @@ impl NetConfig {
             ("timeouts.ping_interval", t.ping_interval),
             ("timeouts.ping_timeout", t.ping_timeout),
             ("timeouts.gossip_heartbeat", t.gossip_heartbeat),
+            ("timeouts.reachability_probe", t.reachability_probe),
         ];
         for (field, value) in timeouts {
             if value.is_zero() {

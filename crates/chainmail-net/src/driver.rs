@@ -2,40 +2,67 @@
 //! a bounded command channel, and it reports over a bounded event channel.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     fmt,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, gossipsub, identify,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify,
     identity::Keypair,
     kad,
     multiaddr::Protocol,
     noise,
     request_response::{self, OutboundRequestId, ResponseChannel},
-    swarm::SwarmEvent,
+    swarm::{
+        SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
     tcp, yamux,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     Frame,
+    addrs::{AddressScope, announceable},
     behaviour::{MAX_ADDRS_PER_PEER, NodeBehaviour, NodeBehaviourEvent},
     config::{NetConfig, ProtocolNames},
     error::NetError,
     keys::node_key_from_peer_id,
+    limiter::now,
     metrics::{Counters, NetMetrics, dec, inc},
     packet,
+    redial::{PeerReach, Redial},
     topics::{check_community_topic, is_community_topic},
 };
 
 /// Listen addresses remembered by the driver (a node has a handful).
 const MAX_LISTEN_ADDRS: usize = 64;
+
+/// Reachability test results remembered (the latest ones).
+const MAX_PROBES: usize = 16;
+
+/// How often the driver looks for peers to redial.
+const REDIAL_TICK: Duration = Duration::from_secs(1);
+
+/// Least time between two DHT bootstraps started because a bootstrap peer
+/// came back.
+const KAD_REBOOTSTRAP: Duration = Duration::from_secs(30);
+
+/// The protocol of AutoNAT v2 dial requests: a peer that speaks it tests
+/// addresses for others.
+const AUTONAT_DIAL_REQUEST: &str = "/libp2p/autonat/2/dial-request";
+
+/// Peers known to test addresses (remembered while connected).
+const MAX_AUTONAT_SERVERS: usize = 64;
+
+/// Least time between two connections opened only to have our addresses
+/// tested.
+const REACHABILITY_DIAL: Duration = Duration::from_secs(10);
 
 /// Extra time a [`NetHandle`] waits beyond the protocol's own timeout before
 /// giving up on the driver's answer.
@@ -111,6 +138,10 @@ impl Net {
                     reason: e.to_string(),
                 })?;
         }
+        // Bootstrap peers are dialled by the redial schedule: at once, and
+        // again with backoff while the node has too few peers.
+        let started = now();
+        let mut redial = Redial::default();
         for addr in &config.bootstrap {
             let mut base = addr.clone();
             let Some(Protocol::P2p(peer)) = base.pop() else {
@@ -120,9 +151,7 @@ impl Net {
                 swarm.behaviour_mut().kad.add_address(&peer, base.clone());
             }
             swarm.add_peer_address(peer, base);
-            if let Err(error) = swarm.dial(addr.clone()) {
-                tracing::warn!(%error, "cannot dial a bootstrap peer");
-            }
+            redial.add_bootstrap(started, peer, addr.clone());
         }
         if config.dht && !config.bootstrap.is_empty() {
             // Cannot fail: the bootstrap peers were just added.
@@ -167,12 +196,22 @@ impl Net {
             request_timeout: config.timeouts.request,
             listen_addrs: Vec::new(),
             confirmed: HashSet::new(),
+            scope: config.scope,
+            min_peers: config.min_peers,
+            redial,
+            announced: Vec::new(),
+            probes: VecDeque::new(),
+            last_kad_bootstrap: started,
+            autonat: config.autonat,
+            autonat_servers: HashSet::new(),
+            dialed: HashMap::new(),
+            next_reachability_dial: started,
             pending_requests: HashMap::new(),
             pending_gets: HashMap::new(),
             pending_puts: HashMap::new(),
             replies: FuturesUnordered::new(),
         };
-        runtime.spawn(driver.run());
+        runtime.spawn(driver.run(config.external_addrs.clone()));
         Ok((handle, NetEvents { receiver: event_rx }))
     }
 }
@@ -269,6 +308,20 @@ pub enum NetEvent {
         /// The address, with its actual port.
         addr: Multiaddr,
     },
+    /// Others can reach the node at `addr`: a peer dialled it back
+    /// (AutoNAT), the operator named it, or, on a local network, the node
+    /// listens on it. Only addresses the network's
+    /// [`AddressScope`] allows are reported.
+    AddressConfirmed {
+        /// The address.
+        addr: Multiaddr,
+    },
+    /// An address reported by [`AddressConfirmed`](NetEvent::AddressConfirmed)
+    /// is no longer valid (its listener closed).
+    AddressExpired {
+        /// The address.
+        addr: Multiaddr,
+    },
 }
 
 impl fmt::Debug for NetEvent {
@@ -313,6 +366,14 @@ impl fmt::Debug for NetEvent {
             Self::ListeningOn { addr } => {
                 f.debug_struct("ListeningOn").field("addr", addr).finish()
             }
+            Self::AddressConfirmed { addr } => f
+                .debug_struct("AddressConfirmed")
+                .field("addr", addr)
+                .finish(),
+            Self::AddressExpired { addr } => f
+                .debug_struct("AddressExpired")
+                .field("addr", addr)
+                .finish(),
         }
     }
 }
@@ -464,6 +525,13 @@ enum Command {
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
+    },
+    Keep {
+        peer: PeerId,
+        keep: bool,
+    },
+    Reachability {
+        reply: oneshot::Sender<Reachability>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -725,6 +793,20 @@ impl NetHandle {
         answer.await.map_err(|_| NetError::Stopped)
     }
 
+    /// Keeps a connection to `peer` (a client's provider): whenever it is
+    /// lost or a dial fails, the node dials again, with backoff. `false`
+    /// stops that.
+    pub async fn keep_connected(&self, peer: PeerId, keep: bool) -> Result<(), NetError> {
+        self.send(Command::Keep { peer, keep }).await
+    }
+
+    /// What the node knows about its reachability and its wanted peers.
+    pub async fn reachability(&self) -> Result<Reachability, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reachability { reply }).await?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
     /// Stops the driver, closing every connection, and waits until it has
     /// stopped. Pending operations fail with [`NetError::Stopped`].
     /// Does nothing if it has already stopped.
@@ -734,6 +816,31 @@ impl NetHandle {
             let _ = stopped.await;
         }
     }
+}
+
+/// Whether others can reach the node, and how its wanted peers are doing
+/// (see [`NetHandle::reachability`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reachability {
+    /// Addresses the node announces: confirmed and allowed by its
+    /// [`AddressScope`].
+    pub announced: Vec<Multiaddr>,
+    /// The latest reachability tests of candidate addresses, newest last.
+    pub probes: Vec<Probe>,
+    /// Bootstrap peers and kept peers.
+    pub peers: Vec<PeerReach>,
+}
+
+/// One reachability test: a peer tried to dial one of our candidate
+/// addresses back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The candidate address.
+    pub addr: Multiaddr,
+    /// The peer that dialled it.
+    pub server: PeerId,
+    /// `None` if the dial-back arrived; otherwise why it did not.
+    pub error: Option<String>,
 }
 
 /// The reply to an inbound request, once the application gave it (or not).
@@ -759,6 +866,20 @@ struct Driver {
     listen_addrs: Vec<Multiaddr>,
     /// Peers with a connection whose identify showed this network.
     confirmed: HashSet<PeerId>,
+    scope: AddressScope,
+    min_peers: usize,
+    redial: Redial,
+    /// Confirmed addresses within the scope, as reported to the application.
+    announced: Vec<Multiaddr>,
+    probes: VecDeque<Probe>,
+    last_kad_bootstrap: Instant,
+    /// Whether the node tests its addresses ([`NetConfig::autonat`]).
+    autonat: bool,
+    /// Connected peers that test addresses for others.
+    autonat_servers: HashSet<PeerId>,
+    /// Connections this node dialled, per peer.
+    dialed: HashMap<PeerId, usize>,
+    next_reachability_dial: Instant,
     pending_requests: HashMap<(RequestKind, OutboundRequestId), Reply<Vec<u8>>>,
     pending_gets: HashMap<kad::QueryId, Reply<Vec<u8>>>,
     pending_puts: HashMap<kad::QueryId, Reply<()>>,
@@ -766,10 +887,18 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self) {
+    async fn run(mut self, external_addrs: Vec<Multiaddr>) {
+        // The operator's addresses: confirmed without a test.
+        for addr in external_addrs {
+            self.swarm.add_external_address(addr.clone());
+            self.on_address_confirmed(addr);
+        }
         let mut stopped = None;
+        let mut tick = tokio::time::interval(REDIAL_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = tick.tick() => self.redial(),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { done }) => {
                         stopped = Some(done);
@@ -999,6 +1128,21 @@ impl Driver {
             Command::ConnectedPeers { reply } => {
                 let _ = reply.send(self.confirmed.iter().copied().collect());
             }
+            Command::Keep { peer, keep } => {
+                self.redial.keep(now(), peer, keep);
+                if keep && self.confirmed.contains(&peer) {
+                    self.redial.connected(&peer);
+                }
+                // A new kept peer is dialled at once.
+                self.redial();
+            }
+            Command::Reachability { reply } => {
+                let _ = reply.send(Reachability {
+                    announced: self.announced.clone(),
+                    probes: self.probes.iter().cloned().collect(),
+                    peers: self.redial.report(now()),
+                });
+            }
             Command::Shutdown { .. } => {} // handled in `run`
         }
     }
@@ -1013,31 +1157,72 @@ impl Driver {
                     self.listen_addrs.push(address.clone());
                 }
                 tracing::info!(%address, "listening");
-                self.emit(NetEvent::ListeningOn { addr: address });
+                self.emit(NetEvent::ListeningOn {
+                    addr: address.clone(),
+                });
+                // On a local network a listen address is as reachable as it
+                // gets: confirmed at once.
+                if self.scope == AddressScope::Local && announceable(self.scope, &address) {
+                    self.swarm.add_external_address(address.clone());
+                    self.on_address_confirmed(address);
+                }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| *a != address);
+                if self.scope == AddressScope::Local {
+                    self.swarm.remove_external_address(&address);
+                    self.on_address_expired(address);
+                }
             }
+            SwarmEvent::ExternalAddrConfirmed { address } => self.on_address_confirmed(address),
+            SwarmEvent::ExternalAddrExpired { address } => self.on_address_expired(address),
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(%error, "listener error");
             }
-            SwarmEvent::ConnectionEstablished { .. } => {
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
                 inc(&self.counters.connections);
                 inc(&self.counters.connections_total);
+                if endpoint.is_dialer() {
+                    *self.dialed.entry(peer_id).or_default() += 1;
+                }
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                endpoint,
                 ..
             } => {
                 dec(&self.counters.connections);
-                if num_established == 0 && self.confirmed.remove(&peer_id) {
-                    tracing::debug!(peer = %peer_id, "peer disconnected");
-                    self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+                if endpoint.is_dialer()
+                    && let Some(n) = self.dialed.get_mut(&peer_id)
+                {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.dialed.remove(&peer_id);
+                    }
+                }
+                if num_established == 0 {
+                    self.autonat_servers.remove(&peer_id);
+                }
+                if num_established == 0 {
+                    self.redial.disconnected(now(), &peer_id);
+                    if self.confirmed.remove(&peer_id) {
+                        tracing::debug!(peer = %peer_id, "peer disconnected");
+                        self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+                    }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { error, .. } => {
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(%error, "outgoing connection failed");
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    let mut text = error.to_string();
+                    text.truncate(300);
+                    self.redial.failed(now(), &peer, text, false);
+                }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection failed");
@@ -1075,8 +1260,100 @@ impl Driver {
             NodeBehaviourEvent::Packet(packet::Event::Frame { peer, frame }) => {
                 self.emit(NetEvent::PacketReceived { peer, frame });
             }
+            NodeBehaviourEvent::AutonatClient(autonat::v2::client::Event {
+                tested_addr,
+                server,
+                result,
+                ..
+            }) => {
+                let error = result.err().map(|e| e.to_string());
+                tracing::debug!(addr = %tested_addr, %server, ?error, "reachability test");
+                if self.probes.len() >= MAX_PROBES {
+                    self.probes.pop_front();
+                }
+                self.probes.push_back(Probe {
+                    addr: tested_addr,
+                    server,
+                    error,
+                });
+            }
             _ => {}
         }
+    }
+
+    /// Others can reach the node at `address` (the swarm knows it as an
+    /// external address): announced if the scope allows it.
+    fn on_address_confirmed(&mut self, address: Multiaddr) {
+        if !announceable(self.scope, &address) {
+            // Reachable, but only from inside this machine or LAN: never
+            // told to the network (identify would otherwise).
+            tracing::debug!(%address, "reachable address not announced: not public");
+            self.swarm.remove_external_address(&address);
+        } else if !self.announced.contains(&address) && self.announced.len() < MAX_LISTEN_ADDRS {
+            tracing::info!(%address, "reachable at");
+            self.announced.push(address.clone());
+            self.emit(NetEvent::AddressConfirmed { addr: address });
+        }
+    }
+
+    fn on_address_expired(&mut self, address: Multiaddr) {
+        if self.announced.contains(&address) {
+            self.announced.retain(|a| *a != address);
+            self.emit(NetEvent::AddressExpired { addr: address });
+        }
+    }
+
+    /// Dials the wanted peers that are due: kept peers, and bootstrap peers
+    /// while the node has too few peers.
+    fn redial(&mut self) {
+        let now = now();
+        self.seek_reachability_test(now);
+        for (peer, addr) in self.redial.due(now, self.confirmed.len(), self.min_peers) {
+            if self.swarm.is_connected(&peer) {
+                // Connected, identify still under way.
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addr.into_iter().collect())
+                .extend_addresses_through_behaviour()
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                Err(error) => {
+                    let mut text = error.to_string();
+                    text.truncate(300);
+                    self.redial.failed(now, &peer, text, false);
+                }
+            }
+        }
+    }
+
+    /// A node waiting to learn whether others can reach it asks peers over
+    /// connections it dialled itself (AutoNAT's request goes out on those
+    /// only). The first node of a network has only connections others
+    /// dialled: it opens one of its own to a peer that tests addresses.
+    fn seek_reachability_test(&mut self, now: Instant) {
+        if !self.autonat
+            || self.scope != AddressScope::Public
+            || !self.announced.is_empty()
+            || now < self.next_reachability_dial
+            || self
+                .autonat_servers
+                .iter()
+                .any(|p| self.dialed.contains_key(p))
+        {
+            return;
+        }
+        let Some(peer) = self.autonat_servers.iter().next().copied() else {
+            return;
+        };
+        self.next_reachability_dial = now + REACHABILITY_DIAL;
+        tracing::debug!(%peer, "dialling a peer to have our addresses tested");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::Always)
+            .build();
+        let _ = self.swarm.dial(opts);
     }
 
     /// Subscribes to a community topic, within the local cap.
@@ -1163,15 +1440,45 @@ impl Driver {
             );
             self.swarm.behaviour_mut().kad.remove_peer(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
+            let reason = format!(
+                "belongs to another network: it speaks {:?}, this network is {:?}",
+                info.protocol_version, self.names.identify_version
+            );
+            self.redial.failed(now(), &peer, reason, true);
             return;
         }
         if self.dht && info.protocols.contains(&self.kad_protocol) {
-            for addr in info.listen_addrs.into_iter().take(MAX_ADDRS_PER_PEER) {
+            // Only addresses others may dial: on a public network, never a
+            // peer's loopback or private addresses.
+            let scope = self.scope;
+            for addr in info
+                .listen_addrs
+                .into_iter()
+                .filter(|a| announceable(scope, a))
+                .take(MAX_ADDRS_PER_PEER)
+            {
                 self.swarm.behaviour_mut().kad.add_address(&peer, addr);
             }
         }
+        if info
+            .protocols
+            .iter()
+            .any(|p| p.as_ref() == AUTONAT_DIAL_REQUEST)
+            && self.autonat_servers.len() < MAX_AUTONAT_SERVERS
+        {
+            self.autonat_servers.insert(peer);
+        }
         if self.swarm.is_connected(&peer) && self.confirmed.insert(peer) {
             tracing::debug!(%peer, "peer connected");
+            self.redial.connected(&peer);
+            if self.dht
+                && self.redial.is_bootstrap(&peer)
+                && now().saturating_duration_since(self.last_kad_bootstrap) >= KAD_REBOOTSTRAP
+            {
+                // Back after an outage: fill the routing table again.
+                self.last_kad_bootstrap = now();
+                let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            }
             self.emit(NetEvent::PeerConnected { peer });
         }
     }

@@ -4,6 +4,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod addrs;
 mod behaviour;
 mod config;
 mod driver;
@@ -13,16 +14,20 @@ mod limiter;
 mod metrics;
 mod packet;
 mod protocol;
+mod redial;
 mod topics;
 
+pub use addrs::AddressScope;
 pub use config::{IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, Timeouts};
 pub use driver::{
-    Net, NetEvent, NetEvents, NetHandle, ReplyHandle, RequestKind, TopicMessageId, Verdict,
+    Net, NetEvent, NetEvents, NetHandle, Probe, Reachability, ReplyHandle, RequestKind,
+    TopicMessageId, Verdict,
 };
 pub use error::NetError;
 pub use keys::{node_key_from_peer_id, peer_id_from_node_key};
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use metrics::{DroppedFrames, NetMetrics};
+pub use redial::PeerReach;
 pub use topics::MAX_TOPIC_LEN;
 
 /// Size of every mix packet frame on the packet stream protocol, in bytes.

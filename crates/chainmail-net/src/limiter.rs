@@ -11,7 +11,8 @@ use std::{
 
 use crate::config::RateLimit;
 
-/// The clock of the packet protocol: the only place this crate reads it.
+/// The driver's clock (packet admission, redials): the only place this
+/// crate reads it.
 #[allow(clippy::disallowed_methods)] // a driver reads the clock, once, here
 pub(crate) fn now() -> Instant {
     Instant::now()

@@ -44,6 +44,8 @@ pub enum ApiCall {
     Status(oneshot::Sender<Status>),
     /// Prometheus metrics text.
     Metrics(oneshot::Sender<String>),
+    /// The node descriptors this node knows.
+    Directory(oneshot::Sender<Vec<DirectoryEntry>>),
     /// An account request from the CLI.
     Account {
         /// What the user asks.
@@ -84,6 +86,51 @@ pub struct Status {
     pub pending: usize,
     /// Packets the client has put on its link.
     pub client_packets_sent: u64,
+    /// Addresses the node listens on.
+    #[serde(default)]
+    pub listen_addrs: Vec<String>,
+    /// Addresses others can reach it at: what its descriptor carries.
+    #[serde(default)]
+    pub announced_addrs: Vec<String>,
+    /// Whether the node is a mix or provider of the current directory.
+    #[serde(default)]
+    pub in_directory: bool,
+    /// Whether others can reach the node, and why not.
+    #[serde(default)]
+    pub reachability: String,
+    /// The bootstrap peers, and how reaching them goes.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapStatus>,
+}
+
+/// One node descriptor, as `GET /v1/directory` shows it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    /// Node id (hex).
+    pub node_id: String,
+    /// Whether it offers to mix.
+    pub mix: bool,
+    /// Whether it offers mailboxes.
+    pub provider: bool,
+    /// The addresses it announces.
+    pub addresses: Vec<String>,
+    /// Its software version.
+    pub version: String,
+}
+
+/// One bootstrap peer, as the node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BootstrapStatus {
+    /// Its address from the network file.
+    pub addr: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Attempts that failed since the last connection.
+    pub failures: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Seconds until the next attempt.
+    pub retry_in_secs: Option<u64>,
 }
 
 /// A running API server.
@@ -114,6 +161,7 @@ pub(crate) async fn serve(port: u16, calls: mpsc::Sender<ApiCall>) -> Result<Api
     let app = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/account", post(account))
+        .route("/v1/directory", get(directory))
         .route("/metrics", get(metrics))
         .with_state(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -155,6 +203,16 @@ async fn status(State(state): State<AppState>, headers: HeaderMap) -> Response {
     }
     match call(&state, ApiCall::Status).await {
         Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn directory(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
+    match call(&state, ApiCall::Directory).await {
+        Ok(d) => Json(d).into_response(),
         Err(r) => r,
     }
 }

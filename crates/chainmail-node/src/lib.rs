@@ -9,7 +9,7 @@
 //! [`account::init`].
 
 pub mod account;
-mod api;
+pub mod api;
 pub mod clock;
 mod files;
 pub mod network;

@@ -63,6 +63,24 @@ pub struct NetworkSection {
     /// Multiaddresses (with `/p2p/<peer id>`) of nodes to join through.
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// A network inside one machine or one LAN (a testnet): nodes announce
+    /// their listen addresses as they are, loopback and private ones
+    /// included. On a public network (the default) a node announces only
+    /// publicly routable addresses that another node confirmed it could
+    /// reach, and a node nobody can reach stays out of the directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
+}
+
+impl NetworkSection {
+    /// Which addresses nodes of this network announce.
+    pub fn scope(&self) -> chainmail_net::AddressScope {
+        if self.local {
+            chainmail_net::AddressScope::Local
+        } else {
+            chainmail_net::AddressScope::Public
+        }
+    }
 }
 
 /// `[epochs]`
@@ -231,11 +249,7 @@ impl NetworkFile {
             ));
         }
         for address in &self.network.bootstrap {
-            if !address.starts_with('/') || !address.contains("/p2p/") {
-                return Err(format!(
-                    "bootstrap address {address:?} must be a multiaddress ending in /p2p/<peer id>"
-                ));
-            }
+            check_bootstrap(address, self.network.scope())?;
         }
         let m = &self.mixing;
         let preset = m.preset.rates();
@@ -281,6 +295,39 @@ impl NetworkFile {
     }
 }
 
+/// Checks one bootstrap address: a multiaddress of an IP address, a TCP
+/// or QUIC port and a peer id, that nodes of a network of `scope` can dial.
+pub fn check_bootstrap(address: &str, scope: chainmail_net::AddressScope) -> Result<(), String> {
+    use chainmail_net::multiaddr::Protocol;
+    let addr: chainmail_net::Multiaddr = address.parse().map_err(|e| {
+        format!("bootstrap address {address:?} is not a multiaddress ({e}); it looks like /ip4/198.18.0.11/tcp/4001/p2p/12D3KooW…")
+    })?;
+    if !matches!(addr.iter().last(), Some(Protocol::P2p(_))) {
+        return Err(format!(
+            "bootstrap address {address:?} must end in /p2p/<peer id> (the node's peer id, shown by its `chainmail status`)"
+        ));
+    }
+    let Some(ip) = chainmail_net::addrs::ip_of(&addr) else {
+        return Err(format!(
+            "bootstrap address {address:?} must start with /ip4/ or /ip6/ (DNS names are not resolved)"
+        ));
+    };
+    if !addr
+        .iter()
+        .any(|p| matches!(p, Protocol::Tcp(_) | Protocol::QuicV1))
+    {
+        return Err(format!(
+            "bootstrap address {address:?} needs a TCP port (/tcp/4001) or a QUIC one (/udp/4001/quic-v1)"
+        ));
+    }
+    if scope == chainmail_net::AddressScope::Public && !chainmail_net::addrs::is_public_ip(ip) {
+        return Err(format!(
+            "bootstrap address {address:?} is a loopback, private or reserved address, which nodes on other networks cannot reach; for a network on one machine or LAN set `local = true` under [network]"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,5 +356,32 @@ mod tests {
         let preset = EXAMPLE.replace("preset = \"standard\"", "preset = \"paranoid\"");
         let e = NetworkFile::parse(&preset).unwrap_err().to_string();
         assert!(e.contains("paranoid") || e.contains("variant"), "{e}");
+    }
+
+    #[test]
+    fn bootstrap_addresses_are_checked() {
+        use chainmail_net::AddressScope::{Local, Public};
+        let peer = "12D3KooWJWEKvSFbben74C7H4YtKjhPMTDxd7gP6zxWSUTeR4Cy9";
+        check_bootstrap(&format!("/ip4/198.18.0.11/tcp/4001/p2p/{peer}"), Public).unwrap();
+        check_bootstrap(
+            &format!("/ip6/2a01:4f8::1/udp/4001/quic-v1/p2p/{peer}"),
+            Public,
+        )
+        .unwrap();
+        check_bootstrap(&format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}"), Local).unwrap();
+        for (bad, why) in [
+            (
+                format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}"),
+                "local = true",
+            ),
+            (format!("/ip4/192.168.1.5/tcp/4001/p2p/{peer}"), "private"),
+            ("/ip4/198.18.0.11/tcp/4001".to_string(), "/p2p/"),
+            (format!("/dns4/boot.example.org/tcp/4001/p2p/{peer}"), "DNS"),
+            (format!("/ip4/198.18.0.11/p2p/{peer}"), "TCP port"),
+            ("198.18.0.11:4001".to_string(), "not a multiaddress"),
+        ] {
+            let e = check_bootstrap(&bad, Public).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

@@ -48,12 +48,11 @@ pub struct NodeOptions {
     pub network: NetworkFile,
     /// Where the node keeps its state.
     pub data_dir: PathBuf,
-    /// The IP address to listen on (0.0.0.0: all interfaces).
-    pub listen_ip: std::net::IpAddr,
-    /// TCP port (0: any).
-    pub tcp_port: u16,
-    /// QUIC port (0: any).
-    pub quic_port: u16,
+    /// Addresses to listen on (TCP and QUIC multiaddresses; port 0: any).
+    pub listen: Vec<Multiaddr>,
+    /// Addresses the operator knows others reach this node at: announced
+    /// without a reachability test.
+    pub external_addrs: Vec<Multiaddr>,
     /// Mix and/or provider; neither for a client-only node.
     pub roles: Roles,
     /// Whether the node hosts its user's agent (the account's messenger,
@@ -154,6 +153,8 @@ enum Internal {
         token: u64,
         answer: Answer,
     },
+    /// The network driver's report on reachability and wanted peers.
+    Reachability(chainmail_net::Reachability),
 }
 
 struct Runtime {
@@ -170,7 +171,15 @@ struct Runtime {
     directory_epoch: Option<Epoch>,
     current_directory: Option<Arc<EpochDirectory>>,
     known_addresses: HashMap<NodeId, Vec<String>>,
+    /// Nodes the network driver keeps connections to (and redials).
+    kept: std::collections::HashSet<NodeId>,
     listen_addrs: Vec<Multiaddr>,
+    /// Addresses others can reach this node at, within the network's
+    /// scope: what its descriptor carries.
+    announced: Vec<Multiaddr>,
+    /// The driver's latest report on reachability and wanted peers.
+    reach: chainmail_net::Reachability,
+    next_reach_poll: Time,
     peers: usize,
     /// Every peer this node was ever connected to (bounded), so that tests
     /// and users can check who learned this node's IP address.
@@ -225,14 +234,9 @@ pub async fn run_node(
     let id = NodeId(identity.verifying_key().to_bytes());
 
     let mut config = NetConfig::new(opts.network.network.id.clone(), identity.to_bytes());
-    let ip = match opts.listen_ip {
-        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
-        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
-    };
-    config.listen_addrs = vec![
-        format!("{ip}/tcp/{}", opts.tcp_port).parse()?,
-        format!("{ip}/udp/{}/quic-v1", opts.quic_port).parse()?,
-    ];
+    config.listen_addrs = opts.listen.clone();
+    config.scope = opts.network.network.scope();
+    config.external_addrs = opts.external_addrs.clone();
     config.bootstrap = opts
         .network
         .network
@@ -252,6 +256,11 @@ pub async fn run_node(
         })
         .collect();
     config.kad_server = opts.roles.mix || opts.roles.provider;
+    // A would-be mix or provider learns which of its addresses others can
+    // reach (and helps others learn theirs); a client-only node announces
+    // nothing and wants only its providers once it has the directory.
+    config.autonat = config.kad_server;
+    config.min_peers = if config.kad_server { 4 } else { 1 };
     // A client-only node takes no part in the DHT: its providers carry its
     // lookups and publications out (errands through the mixnet), so it
     // never connects to a DHT node it did not choose.
@@ -315,7 +324,11 @@ pub async fn run_node(
         directory_epoch: None,
         current_directory: None,
         known_addresses: HashMap::new(),
+        kept: Default::default(),
         listen_addrs: Vec::new(),
+        announced: Vec::new(),
+        reach: Default::default(),
+        next_reach_poll: Time(0),
         peers: 0,
         peers_seen: Default::default(),
         replies: HashMap::new(),
@@ -470,12 +483,8 @@ impl Runtime {
                             reachable: false,
                         },
                     );
-                    // Try to get the connection back; routes avoid the node meanwhile.
-                    let net = self.net.clone();
-                    self.tasks.spawn("redial", async move {
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                        let _ = net.dial_peer(peer).await;
-                    });
+                    // Routes avoid the node meanwhile; the driver redials
+                    // it if it is one the node keeps.
                 }
             }
             NetEvent::ListeningOn { addr } => {
@@ -486,6 +495,15 @@ impl Runtime {
                     addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
                 };
                 self.give_agent(now, identity);
+            }
+            NetEvent::AddressConfirmed { addr } if !self.announced.contains(&addr) => {
+                info!(%addr, "others can reach this node at");
+                self.announced.push(addr);
+                self.next_publish = now;
+            }
+            NetEvent::AddressExpired { addr } => {
+                self.announced.retain(|a| *a != addr);
+                self.next_publish = now;
             }
             _ => {}
         }
@@ -581,6 +599,7 @@ impl Runtime {
             Internal::CommunitySync { community, bytes } => {
                 self.give_agent(now, Input::SyncAnswer { community, bytes })
             }
+            Internal::Reachability(reach) => self.reach = reach,
         }
     }
 
@@ -591,6 +610,20 @@ impl Runtime {
             }
             ApiCall::Metrics(reply) => {
                 let _ = reply.send(self.metrics());
+            }
+            ApiCall::Directory(reply) => {
+                let entries = self
+                    .descriptors
+                    .signed()
+                    .map(|(d, _)| crate::api::DirectoryEntry {
+                        node_id: hex(&d.node.0),
+                        mix: d.roles.mix,
+                        provider: d.roles.provider,
+                        addresses: d.addresses.clone(),
+                        version: d.version.clone(),
+                    })
+                    .collect();
+                let _ = reply.send(entries);
             }
             ApiCall::Account { request, reply } => {
                 let result = match &mut self.agent {
@@ -633,7 +666,68 @@ impl Runtime {
             address: client.map(|c| c.address().to_text()),
             pending: client.map_or(0, |c| c.pending()),
             client_packets_sent: client.map_or(0, |c| c.stats().packets_sent()),
+            listen_addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+            announced_addrs: self.announced.iter().map(|a| a.to_string()).collect(),
+            in_directory: d.is_some_and(|d| {
+                d.providers.iter().any(|p| p.id == self.id)
+                    || d.layers.iter().flatten().any(|m| m.id == self.id)
+            }),
+            reachability: self.reachability_line(),
+            bootstrap: self
+                .reach
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    Some(crate::api::BootstrapStatus {
+                        addr: p.bootstrap.as_ref()?.to_string(),
+                        connected: p.connected,
+                        failures: p.failures,
+                        last_error: p.last_error.clone(),
+                        retry_in_secs: p.retry_in.map(|d| d.as_secs()),
+                    })
+                })
+                .collect(),
         }
+    }
+
+    /// One line on whether others can reach this node, and what follows.
+    fn reachability_line(&self) -> String {
+        if !(self.opts.roles.mix || self.opts.roles.provider) {
+            return "client only: announces no address and connects out to its providers".into();
+        }
+        if !self.announced.is_empty() {
+            let addrs: Vec<String> = self.announced.iter().map(|a| a.to_string()).collect();
+            return format!("reachable at {}", addrs.join(", "));
+        }
+        let scope = match self.opts.network.network.scope() {
+            chainmail_net::AddressScope::Public => "publicly routable ",
+            chainmail_net::AddressScope::Local => "",
+        };
+        let tests: Vec<String> = self
+            .reach
+            .probes
+            .iter()
+            .rev()
+            .take(3)
+            .map(|p| match &p.error {
+                None => format!("{} answered but is not {scope}", p.addr),
+                Some(e) => format!("{} failed: {e}", p.addr),
+            })
+            .collect();
+        let why = if tests.is_empty() {
+            if self.peers == 0 {
+                "no peer to test it yet".to_string()
+            } else {
+                "waiting for a peer to dial it back".to_string()
+            }
+        } else {
+            tests.join("; ")
+        };
+        format!(
+            "not reachable: no {scope}address of this node was confirmed by another node ({why}); \
+             it works as a client and stays out of the mix and provider directory \
+             (behind NAT: forward a port and pass --external-address, or run with --roles none)"
+        )
     }
 
     fn metrics(&self) -> String {
@@ -724,6 +818,16 @@ impl Runtime {
             self.next_publish = now + self.opts.descriptor_refresh;
             self.publish_descriptor(now).await;
         }
+        if now >= self.next_reach_poll {
+            self.next_reach_poll = now + Duration::from_secs(2);
+            let net = self.net.clone();
+            let tx = self.internal_tx.clone();
+            self.tasks.spawn("reachability", async move {
+                if let Ok(reach) = net.reachability().await {
+                    let _ = tx.send(Internal::Reachability(reach)).await;
+                }
+            });
+        }
         self.flush(now)
     }
 
@@ -761,43 +865,78 @@ impl Runtime {
                     None => self.opts.providers.iter().copied().collect(),
                 })
             };
+        let scope = self.opts.network.network.scope();
+        let mut wanted = std::collections::HashSet::new();
         for (descriptor, _) in self.descriptors.signed() {
-            if only
-                .as_ref()
-                .is_some_and(|only| !only.contains(&descriptor.node))
+            if descriptor.node == self.id
+                || only
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&descriptor.node))
             {
                 continue;
             }
-            if descriptor.node != self.id
-                && self.known_addresses.get(&descriptor.node) != Some(&descriptor.addresses)
-            {
-                self.known_addresses
-                    .insert(descriptor.node, descriptor.addresses.clone());
-                if let Ok(peer) = peer_id_from_node_key(&descriptor.node.0) {
-                    let addrs: Vec<Multiaddr> = descriptor
-                        .addresses
-                        .iter()
-                        .filter_map(|a| a.parse::<Multiaddr>().ok())
-                        .collect();
-                    let net = self.net.clone();
-                    self.tasks.spawn("dial", async move {
-                        for addr in addrs {
-                            let _ = net.add_peer_address(peer, addr).await;
-                        }
-                        let _ = net.dial_peer(peer).await;
-                    });
+            let Ok(peer) = peer_id_from_node_key(&descriptor.node.0) else {
+                continue;
+            };
+            wanted.insert(descriptor.node);
+            let changed = self.known_addresses.get(&descriptor.node) != Some(&descriptor.addresses);
+            let new = !self.kept.contains(&descriptor.node);
+            if !changed && !new {
+                continue;
+            }
+            self.known_addresses
+                .insert(descriptor.node, descriptor.addresses.clone());
+            let addrs: Vec<Multiaddr> = if changed {
+                // Never dial what a public network's nodes may not announce:
+                // a descriptor naming private addresses would otherwise
+                // send this node's dials into its own LAN.
+                descriptor
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                    .filter(|a| chainmail_net::addrs::announceable(scope, a))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.kept.insert(descriptor.node);
+            let net = self.net.clone();
+            // The driver keeps the connection: it dials now, and again
+            // with backoff whenever it is lost.
+            self.tasks.spawn("dial", async move {
+                for addr in addrs {
+                    let _ = net.add_peer_address(peer, addr).await;
                 }
+                let _ = net.keep_connected(peer, true).await;
+            });
+        }
+        let gone: Vec<NodeId> = self
+            .kept
+            .iter()
+            .filter(|n| !wanted.contains(n))
+            .copied()
+            .collect();
+        for node in gone {
+            self.kept.remove(&node);
+            if let Ok(peer) = peer_id_from_node_key(&node.0) {
+                let net = self.net.clone();
+                self.tasks.spawn("dial", async move {
+                    let _ = net.keep_connected(peer, false).await;
+                });
             }
         }
     }
 
     async fn publish_descriptor(&mut self, now: Time) {
         let Some(node) = &self.node else { return };
-        if self.listen_addrs.is_empty() {
+        // Only addresses others can reach (see `reachability`): a node
+        // nobody can reach works as a client and stays out of the
+        // directory.
+        if self.announced.is_empty() {
             return;
         }
         let addresses: Vec<String> = self
-            .listen_addrs
+            .announced
             .iter()
             .take(8)
             .map(|a| a.to_string())

@@ -56,7 +56,7 @@ async fn run(packets: usize) {
     let network_id = format!("chainmail-bench-{:08x}", rand::rng().random::<u32>());
     std::fs::write(
         dir.path().join("network.toml"),
-        format!("[network]\nid = \"{network_id}\"\nname = \"forwarding bench\"\n"),
+        format!("[network]\nid = \"{network_id}\"\nname = \"forwarding bench\"\nlocal = true\n"),
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

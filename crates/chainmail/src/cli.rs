@@ -442,6 +442,22 @@ pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
         },
         status["epoch"]
     );
+    if let Some(line) = status["reachability"].as_str() {
+        println!("{line}");
+    }
+    for b in status["bootstrap"].as_array().into_iter().flatten() {
+        if b["connected"] == true {
+            continue;
+        }
+        let addr = b["addr"].as_str().unwrap_or_default();
+        match b["last_error"].as_str() {
+            Some(e) => println!(
+                "bootstrap {addr}: not connected, {} attempts failed, next in {} s: {e}",
+                b["failures"], b["retry_in_secs"]
+            ),
+            None => println!("bootstrap {addr}: not connected"),
+        }
+    }
     match sent {
         None => println!("(no account on this node)"),
         Some(sent) if sent.is_empty() => println!("no messages sent yet"),
@@ -451,6 +467,29 @@ pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
                 println!("{:<10} {:<16} {text}", m.state, m.name);
             }
         }
+    }
+    Ok(())
+}
+
+/// `chainmail directory`: the node descriptors a running node knows.
+pub(crate) async fn directory(data: &DataDirArg, json: bool) -> Result<()> {
+    let entries: Vec<chainmail_node::api::DirectoryEntry> =
+        crate::api_client::get(&data.data_dir, "/v1/directory").await?;
+    if json {
+        return print_json(&serde_json::to_value(&entries)?);
+    }
+    for e in entries {
+        let roles = match (e.mix, e.provider) {
+            (true, true) => "mix,provider",
+            (true, false) => "mix",
+            (false, true) => "provider",
+            (false, false) => "none",
+        };
+        println!(
+            "{}  {roles:<12}  {}",
+            &e.node_id[..16.min(e.node_id.len())],
+            e.addresses.join(" ")
+        );
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 mod api_client;
 mod cli;
 mod cli_community;
+mod cli_network;
 mod demo;
 mod testnet;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use chainmail_mixnet::{Preset, Roles};
+use chainmail_net::Multiaddr;
 use chainmail_packet::NodeId;
 use clap::{Parser, Subcommand};
 
@@ -75,6 +77,10 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         epoch_secs: u64,
     },
+    /// Network files: `network new` writes one for a network of many
+    /// machines.
+    #[command(subcommand)]
+    Network(cli_network::NetworkCommand),
     /// Run a node: a mix and provider for the network, and (with --client)
     /// its user's client. Runs until interrupted.
     Node(NodeArgs),
@@ -163,6 +169,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The nodes a running node knows: their roles and announced
+    /// addresses.
+    Directory {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// A running node's status, and the state of the messages you sent.
     Status {
         #[command(flatten)]
@@ -209,16 +224,22 @@ struct NodeArgs {
     /// Where the node keeps its keys, mailboxes and state.
     #[arg(long)]
     data_dir: PathBuf,
-    /// The IP address to listen on: all interfaces by default (0.0.0.0;
-    /// "::" for IPv6), 127.0.0.1 for a network on this machine only.
-    #[arg(long, default_value = "0.0.0.0")]
-    listen_ip: std::net::IpAddr,
-    /// TCP port (0: any free port).
-    #[arg(long, default_value_t = 0)]
-    tcp_port: u16,
-    /// QUIC port (0: any free port).
-    #[arg(long, default_value_t = 0)]
-    quic_port: u16,
+    /// An address to listen on, as a multiaddress; repeat for several.
+    /// TCP: /ip4/0.0.0.0/tcp/4001; QUIC: /ip4/0.0.0.0/udp/4001/quic-v1;
+    /// IPv6: /ip6/::/tcp/4001; port 0 takes any free port. Default for a
+    /// mix or provider: TCP and QUIC on port 4001 of every interface,
+    /// IPv4 and (where the machine has it) IPv6. Default for a client-only
+    /// node: any free port (it announces none; community members and, in
+    /// direct mode, contacts may dial it).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// An address others reach this node at that it cannot learn itself
+    /// (a public address on a host behind 1:1 NAT, a port forwarded by a
+    /// router); repeat for several. It is announced without a test; on a
+    /// public network it must be publicly routable. Other addresses are
+    /// announced only once another node confirmed it could reach them.
+    #[arg(long = "external-address", value_name = "MULTIADDR")]
+    external_addresses: Vec<Multiaddr>,
     /// Port of the local API on 127.0.0.1 (0: any; see api.json).
     #[arg(long, default_value_t = 0)]
     api_port: u16,
@@ -244,7 +265,7 @@ struct NodeArgs {
     unlock: UnlockArgs,
 }
 
-fn parse_preset(text: &str) -> Result<Preset, String> {
+pub(crate) fn parse_preset(text: &str) -> Result<Preset, String> {
     match text {
         "low-bandwidth" => Ok(Preset::LowBandwidth),
         "standard" => Ok(Preset::Standard),
@@ -269,6 +290,29 @@ fn parse_roles(text: &str) -> Result<Roles> {
         }
     }
     Ok(roles)
+}
+
+/// Where a node listens unless told: a mix or provider on the well-known
+/// port 4001 of every interface (TCP and QUIC, IPv4 and, where the machine
+/// has it, IPv6); a client-only node on any free port.
+fn default_listen(roles: &Roles) -> Vec<Multiaddr> {
+    let (port, v6) = if roles.mix || roles.provider {
+        // IPv6 only where the machine has it, so that a host without it
+        // still starts with the defaults.
+        let v6 = std::net::UdpSocket::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok();
+        (4001, v6)
+    } else {
+        (0, false)
+    };
+    let mut addrs = vec![
+        format!("/ip4/0.0.0.0/tcp/{port}"),
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1"),
+    ];
+    if v6 {
+        addrs.push(format!("/ip6/::/tcp/{port}"));
+        addrs.push(format!("/ip6/::/udp/{port}/quic-v1"));
+    }
+    addrs.iter().filter_map(|a| a.parse().ok()).collect()
 }
 
 fn parse_node_id(text: &str) -> Result<NodeId> {
@@ -346,15 +390,20 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             )
             .await?;
         }
+        Command::Network(command) => cli_network::run(command)?,
         Command::Node(args) => {
             let network = NetworkFile::load(&args.network)?;
+            let roles = parse_roles(&args.roles)?;
             let opts = NodeOptions {
                 network,
                 data_dir: args.data_dir,
-                listen_ip: args.listen_ip,
-                tcp_port: args.tcp_port,
-                quic_port: args.quic_port,
-                roles: parse_roles(&args.roles)?,
+                listen: if args.listen.is_empty() {
+                    default_listen(&roles)
+                } else {
+                    args.listen
+                },
+                external_addrs: args.external_addresses,
+                roles,
                 client: args.client,
                 providers: args
                     .providers
@@ -416,6 +465,7 @@ async fn run(command: Command) -> Result<std::process::ExitCode> {
             json,
         } => cli::verify(&data, &name, mark, json).await?,
         Command::Status { data, json } => cli::status(&data, json).await?,
+        Command::Directory { data, json } => cli::directory(&data, json).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

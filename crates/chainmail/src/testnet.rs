@@ -117,6 +117,7 @@ impl Testnet {
                 id: format!("chainmail-local-{}", hex(&rand::rng().random::<[u8; 4]>())),
                 name: "Local test network".into(),
                 bootstrap,
+                local: true,
             },
             epochs: EpochSection {
                 length_secs: opts.epoch_secs,
@@ -168,12 +169,11 @@ impl Testnet {
             .arg("--data-dir")
             .arg(&node.data_dir)
             // A testnet is a network on this machine only.
-            .args(["--listen-ip", "127.0.0.1"])
             .args([
-                "--tcp-port",
-                &node.tcp_port.to_string(),
-                "--quic-port",
-                &node.quic_port.to_string(),
+                "--listen",
+                &format!("/ip4/127.0.0.1/tcp/{}", node.tcp_port),
+                "--listen",
+                &format!("/ip4/127.0.0.1/udp/{}/quic-v1", node.quic_port),
             ])
             .args(["--descriptor-refresh-secs", "5", "--log", "info"])
             .args(&node.extra_args)

@@ -89,7 +89,7 @@ async fn bad_input_is_counted_and_dropped_and_replays_stay_refused_across_a_rest
     let network = dir.path().join("network.toml");
     std::fs::write(
         &network,
-        format!("[network]\nid = \"{network_id}\"\nname = \"bad input\"\n"),
+        format!("[network]\nid = \"{network_id}\"\nname = \"bad input\"\nlocal = true\n"),
     )
     .unwrap();
     let data = dir.path().join("node");

@@ -185,7 +185,12 @@ fn start_node(procs: &mut Procs, network: &Path, dir: &Path, extra: &[&str]) {
     ])
     .args(["--descriptor-refresh-secs", "5", "--log", "info"])
     // A network on this machine only.
-    .args(["--listen-ip", "127.0.0.1"])
+    .args([
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--listen",
+        "/ip4/127.0.0.1/udp/0/quic-v1",
+    ])
     .args(extra)
     .stdin(Stdio::null());
     if let Some(log) = log {
