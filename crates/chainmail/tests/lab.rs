@@ -406,3 +406,205 @@ fn chat_between_two_homes_through_the_public_nodes() {
     let line = carol_status["reachability"].as_str().unwrap();
     assert!(line.starts_with("not reachable"), "{line}");
 }
+
+/// The node id (hex) of the node in `data`, from its status.
+fn node_id(lab: &Lab, host: &str, data: &Path) -> String {
+    lab.status(host, data).unwrap()["node_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `a` asks `b` to talk and `b` accepts.
+fn befriend(lab: &Lab, a: (&str, &str), b: (&str, &str), b_address: &str) {
+    let (a_host, a_name) = a;
+    let (b_host, b_name) = b;
+    let a_data = lab.path(a_name);
+    let b_data = lab.path(b_name);
+    lab.cli_ok(
+        a_host,
+        &[
+            "contact",
+            "add",
+            b_address,
+            "--name",
+            b_name,
+            "--data-dir",
+            a_data.to_str().unwrap(),
+        ],
+    );
+    wait_for(lab, "the contact request", Duration::from_secs(180), || {
+        (contact_state(lab, b_host, &b_data, a_name).as_deref() == Some("request-received"))
+            .then_some(())
+    });
+    lab.cli_ok(
+        b_host,
+        &[
+            "contact",
+            "accept",
+            a_name,
+            "--data-dir",
+            b_data.to_str().unwrap(),
+        ],
+    );
+    wait_for(lab, "the acceptance", Duration::from_secs(180), || {
+        (contact_state(lab, a_host, &a_data, b_name).as_deref() == Some("accepted")).then_some(())
+    });
+}
+
+/// A public node that is a provider of bob's is killed and started again
+/// on its host while mail waits there for bob: its keys and mailboxes are
+/// back, bob finds his mail, and both users carry on. Meanwhile a user
+/// whose node starts while the bootstrap node is unreachable keeps trying,
+/// says why in its status, and joins once the way is clear.
+#[test]
+#[ignore = "needs root and nftables: run by scripts/test"]
+fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
+    let mut lab = Lab::up();
+    let network = start_public_network(&mut lab);
+    let (pub2, pub3) = (lab.path("pub2"), lab.path("pub3"));
+    let providers = format!(
+        "{},{}",
+        node_id(&lab, "pub2", &pub2),
+        node_id(&lab, "pub3", &pub3)
+    );
+    let client = ["--roles", "none", "--client"];
+    start_user(&mut lab, "hA", "alice", &network, &client);
+    let bob_args = ["--roles", "none", "--client", "--providers", &providers];
+    let bob_address = start_user(&mut lab, "hB", "bob", &network, &bob_args);
+    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
+    let (alice, bob) = (lab.path("alice"), lab.path("bob"));
+    let d = |p: &Path| p.to_str().unwrap().to_string();
+
+    // Bob goes offline; alice's mail waits at his providers.
+    let kill = |lab: &mut Lab, data: &Path| {
+        let key = data.display().to_string();
+        let i = lab.procs.iter().position(|(k, _)| *k == key).unwrap();
+        let (_, mut child) = lab.procs.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    };
+    kill(&mut lab, &bob);
+    let delivered =
+        |lab: &Lab, host: &str, data: &Path| metric(lab, host, data, "chainmail_delivered_total");
+    let before = delivered(&lab, "pub2", &pub2);
+    for k in 0..3 {
+        lab.cli_ok(
+            "hA",
+            &["send", "bob", &format!("d{k}"), "--data-dir", &d(&alice)],
+        );
+    }
+    wait_for(
+        &lab,
+        "mail stored at provider pub2",
+        Duration::from_secs(120),
+        || (delivered(&lab, "pub2", &pub2) >= before + 3).then_some(()),
+    );
+    // The provider dies and comes back on the same host.
+    kill(&mut lab, &pub2);
+    lab.node("pub2", &pub2, &network, &[]);
+    wait_for(
+        &lab,
+        "pub2 back in the directory",
+        Duration::from_secs(120),
+        || {
+            let s = lab.status("pub2", &pub2)?;
+            (s["in_directory"] == true).then_some(())
+        },
+    );
+    lab.node("hB", &bob, &network, &bob_args);
+    wait_for(
+        &lab,
+        "bob's mail after the restarts",
+        Duration::from_secs(180),
+        || (texts(&lab, "hB", &bob) == ["d0", "d1", "d2"]).then_some(()),
+    );
+    // And they carry on, both ways.
+    lab.cli_ok("hB", &["send", "alice", "back", "--data-dir", &d(&bob)]);
+    lab.cli_ok(
+        "hA",
+        &["send", "bob", "welcome back", "--data-dir", &d(&alice)],
+    );
+    wait_for(
+        &lab,
+        "messages after the restart",
+        Duration::from_secs(180),
+        || {
+            (texts(&lab, "hA", &alice) == ["back"] && texts(&lab, "hB", &bob).len() == 4)
+                .then_some(())
+        },
+    );
+
+    // Carol's way to the bootstrap node is blocked when her node starts.
+    let block = |lab: &Lab, on: bool| {
+        let ns = lab.ns("pub1");
+        let script = if on {
+            "table inet outage { chain in { type filter hook prerouting priority -400; ip saddr 198.18.0.103 drop; } }"
+        } else {
+            "delete table inet outage"
+        };
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns, "nft", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    block(&lab, true);
+    let carol = lab.path("carol");
+    lab.cli_ok(
+        "hC",
+        &[
+            "init",
+            "--network",
+            network.to_str().unwrap(),
+            "--data-dir",
+            &d(&carol),
+            "--name",
+            "carol",
+        ],
+    );
+    lab.node("hC", &carol, &network, &client);
+    let failing = wait_for(
+        &lab,
+        "carol's failed attempts",
+        Duration::from_secs(60),
+        || {
+            let s = lab.status("hC", &carol)?;
+            let b = s["bootstrap"].as_array()?.first()?.clone();
+            (b["failures"].as_u64()? >= 2).then_some(b)
+        },
+    );
+    assert_eq!(failing["connected"], false);
+    assert!(failing["last_error"].is_string(), "{failing}");
+    block(&lab, false);
+    wait_for(
+        &lab,
+        "carol joins after the outage",
+        Duration::from_secs(90),
+        || lab.status("hC", &carol)?["address"].as_str().map(|_| ()),
+    );
+}
+
+/// One counter of a node's /metrics (summed over labels).
+fn metric(lab: &Lab, host: &str, data: &Path, name: &str) -> u64 {
+    let info: Value =
+        serde_json::from_slice(&std::fs::read(data.join("api.json")).unwrap()).unwrap();
+    let port = info["port"].as_u64().unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(host), "curl", "-s"])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
