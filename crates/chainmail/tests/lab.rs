@@ -538,20 +538,26 @@ fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
     // Carol's way to the bootstrap node is blocked when her node starts.
     let block = |lab: &Lab, on: bool| {
         let ns = lab.ns("pub1");
-        let script = if on {
-            "table inet outage { chain in { type filter hook prerouting priority -400; ip saddr 198.18.0.103 drop; } }"
+        let commands: &[&str] = if on {
+            &[
+                "add table inet outage",
+                "add chain inet outage in { type filter hook prerouting priority -400; }",
+                "add rule inet outage in ip saddr 198.18.0.103 drop",
+            ]
         } else {
-            "delete table inet outage"
+            &["delete table inet outage"]
         };
-        let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "nft", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        for command in commands {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &ns, "nft", command])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "nft {command}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     };
     block(&lab, true);
     let carol = lab.path("carol");
