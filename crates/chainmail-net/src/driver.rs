@@ -68,6 +68,20 @@ const REACHABILITY_DIAL: Duration = Duration::from_secs(10);
 /// giving up on the driver's answer.
 const HANDLE_GRACE: Duration = Duration::from_secs(5);
 
+/// An error and its sources, as one line (libp2p's transport errors say
+/// little themselves: "address in use" is in the source).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.dedup();
+    parts.join(": ")
+}
+
 /// Starts network drivers.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -135,7 +149,7 @@ impl Net {
                 .listen_on(addr.clone())
                 .map_err(|e| NetError::Listen {
                     addr: addr.clone(),
-                    reason: e.to_string(),
+                    reason: error_chain(&e),
                 })?;
         }
         // Bootstrap peers are dialled by the redial schedule: at once, and
