@@ -83,10 +83,13 @@ impl NodeBehaviour {
         // Identify: its protocol version carries the network id; the driver
         // disconnects peers whose version differs. No address cache: peer
         // addresses come from Kademlia, and only for peers of this network.
+        // On a public network identify tells peers only the addresses
+        // others confirmed (never a home's LAN addresses or loopback).
         let identify = identify::Behaviour::new(
             identify::Config::new(names.identify_version.clone(), keypair.public())
                 .with_agent_version(format!("chainmail-net/{}", env!("CARGO_PKG_VERSION")))
-                .with_cache_size(0),
+                .with_cache_size(0)
+                .with_hide_listen_addrs(config.scope == AddressScope::Public),
         );
 
         let ping = ping::Behaviour::new(
