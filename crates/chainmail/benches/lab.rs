@@ -60,39 +60,6 @@ fn run(mut lab: Lab, messages: usize) -> Run {
     let network_up = t.elapsed();
     eprintln!("  network up in {network_up:?}");
 
-    // A new node on pub6: a fresh identity in a fresh data directory.
-    let old = lab.path("pub6");
-    let i = lab
-        .procs
-        .iter()
-        .position(|(k, _)| *k == old.display().to_string())
-        .unwrap();
-    let (_, mut child) = lab.procs.remove(i);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let fresh = lab.path("pub6-new");
-    let t = Instant::now();
-    lab.node("pub6", &fresh, &network, &[]);
-    let new_node_sees = wait_for(
-        &lab,
-        "the new node's directory",
-        Duration::from_secs(180),
-        || {
-            let s = lab.status("pub6", &fresh)?;
-            (s["directory_complete"] == true).then(|| t.elapsed())
-        },
-    );
-    let new_node_in = wait_for(
-        &lab,
-        "the new node in the directory",
-        Duration::from_secs(180),
-        || {
-            let s = lab.status("pub6", &fresh)?;
-            (s["in_directory"] == true).then(|| t.elapsed())
-        },
-    );
-    eprintln!("  new node: complete directory {new_node_sees:?}, in it {new_node_in:?}");
-
     let client = ["--roles", "none", "--client"];
     let bob_address = start_user(&mut lab, home_b, "bob", &network, &client);
     // Alice's node starts now; the clock runs until bob sees her request.
@@ -152,6 +119,41 @@ fn run(mut lab: Lab, messages: usize) -> Run {
         })
         .collect();
     latencies_ms.sort_unstable();
+    // Last (a dead node stays in the directory until its descriptor
+    // expires): a new node on pub6, a fresh identity in a fresh data
+    // directory, in place of the old one.
+    let old = lab.path("pub6");
+    let i = lab
+        .procs
+        .iter()
+        .position(|(k, _)| *k == old.display().to_string())
+        .unwrap();
+    let (_, mut child) = lab.procs.remove(i);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let fresh = lab.path("pub6-new");
+    let t = Instant::now();
+    lab.node("pub6", &fresh, &network, &[]);
+    let new_node_sees = wait_for(
+        &lab,
+        "the new node's directory",
+        Duration::from_secs(180),
+        || {
+            let s = lab.status("pub6", &fresh)?;
+            (s["directory_complete"] == true).then(|| t.elapsed())
+        },
+    );
+    let new_node_in = wait_for(
+        &lab,
+        "the new node in the directory",
+        Duration::from_secs(180),
+        || {
+            let s = lab.status("pub6", &fresh)?;
+            (s["in_directory"] == true).then(|| t.elapsed())
+        },
+    );
+    eprintln!("  new node: complete directory {new_node_sees:?}, in it {new_node_in:?}");
+
     Run {
         network_up,
         new_node_sees,

@@ -142,13 +142,12 @@ impl Lab {
         let log = std::fs::File::create(data.join("node.log")).unwrap();
         let _ = std::fs::remove_file(data.join("api.json"));
         let mut cmd = self.command(host);
-        cmd.args(["node", "--network"]);
+        cmd.args(["node", "--network"]).arg(network);
         if let Some((tcp, udp)) = self.loopback.as_ref().and_then(|p| p.get(host)) {
             cmd.args(["--listen", &format!("/ip4/127.0.0.1/tcp/{tcp}")])
                 .args(["--listen", &format!("/ip4/127.0.0.1/udp/{udp}/quic-v1")]);
         }
         let child = cmd
-            .arg(network)
             .arg("--data-dir")
             .arg(data)
             .args(["--descriptor-refresh-secs", "5", "--log", "info"])
