@@ -51,37 +51,7 @@ fn chat_between_two_homes_through_the_public_nodes() {
     );
     let d = |p: &Path| p.to_str().unwrap().to_string();
 
-    lab.cli_ok(
-        "hA",
-        &[
-            "contact",
-            "add",
-            &bob_address,
-            "--name",
-            "bob",
-            "--data-dir",
-            &d(&alice),
-        ],
-    );
-    wait_for(
-        &lab,
-        "bob sees alice's request",
-        Duration::from_secs(180),
-        || {
-            (contact_state(&lab, "hB", &bob, "alice").as_deref() == Some("request-received"))
-                .then_some(())
-        },
-    );
-    lab.cli_ok(
-        "hB",
-        &["contact", "accept", "alice", "--data-dir", &d(&bob)],
-    );
-    wait_for(
-        &lab,
-        "alice sees the acceptance",
-        Duration::from_secs(180),
-        || (contact_state(&lab, "hA", &alice, "bob").as_deref() == Some("accepted")).then_some(()),
-    );
+    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
 
     let mut to_bob = Vec::new();
     let mut to_alice = Vec::new();
