@@ -123,14 +123,7 @@ fn run(mut lab: Lab, messages: usize) -> Run {
     // expires): a new node on pub6, a fresh identity in a fresh data
     // directory, in place of the old one.
     let old = lab.path("pub6");
-    let i = lab
-        .procs
-        .iter()
-        .position(|(k, _)| *k == old.display().to_string())
-        .unwrap();
-    let (_, mut child) = lab.procs.remove(i);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    lab.kill(&old);
     let fresh = lab.path("pub6-new");
     let t = Instant::now();
     lab.node("pub6", &fresh, &network, &[]);

@@ -139,14 +139,7 @@ fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
     let d = |p: &Path| p.to_str().unwrap().to_string();
 
     // Bob goes offline; alice's mail waits at his providers.
-    let kill = |lab: &mut Lab, data: &Path| {
-        let key = data.display().to_string();
-        let i = lab.procs.iter().position(|(k, _)| *k == key).unwrap();
-        let (_, mut child) = lab.procs.remove(i);
-        child.kill().unwrap();
-        child.wait().unwrap();
-    };
-    kill(&mut lab, &bob);
+    lab.kill(&bob);
     let delivered =
         |lab: &Lab, host: &str, data: &Path| metric(lab, host, data, "chainmail_delivered_total");
     let before = delivered(&lab, "pub2", &pub2);
@@ -163,7 +156,7 @@ fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
         || (delivered(&lab, "pub2", &pub2) >= before + 3).then_some(()),
     );
     // The provider dies and comes back on the same host.
-    kill(&mut lab, &pub2);
+    lab.kill(&pub2);
     lab.node("pub2", &pub2, &network, &[]);
     wait_for(
         &lab,

@@ -160,6 +160,15 @@ impl Lab {
         self.procs.push((data.display().to_string(), child));
     }
 
+    /// Kills the node whose data is in `data` (SIGKILL) and waits for it.
+    pub fn kill(&mut self, data: &Path) {
+        let key = data.display().to_string();
+        let i = self.procs.iter().position(|(k, _)| *k == key).unwrap();
+        let (_, mut child) = self.procs.remove(i);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     pub fn status(&self, host: &str, data: &Path) -> Option<Value> {
         self.json(host, &["status", "--json", "--data-dir", data.to_str()?])
     }
