@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use libp2p::{
-    StreamProtocol, autonat, connection_limits, gossipsub, identify,
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair,
-    kad, ping, request_response,
+    kad, ping, relay, request_response,
     swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
 };
 
@@ -47,11 +47,20 @@ pub(crate) struct NodeBehaviour {
     pub(crate) fetch: request_response::Behaviour<FetchCodec>,
     pub(crate) descriptors: request_response::Behaviour<FetchCodec>,
     pub(crate) community_sync: request_response::Behaviour<FetchCodec>,
+    /// Messages between contacts in direct mode.
+    pub(crate) direct: request_response::Behaviour<FetchCodec>,
     pub(crate) packet: packet::Behaviour,
     /// Asks peers to dial our candidate addresses back (AutoNAT v2).
     pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
     /// Dials peers' candidate addresses back for them.
     pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
+    /// Relays the hole-punching handshake of others' direct mode.
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    /// Holds reservations at relays and dials through them (set when the
+    /// swarm is built: it comes with its transport).
+    pub(crate) relay_client: Toggle<relay::client::Behaviour>,
+    /// Upgrades a relayed connection to a direct one (hole punching).
+    pub(crate) dcutr: dcutr::Behaviour,
 }
 
 fn stream_protocol(name: &str) -> Result<StreamProtocol, NetError> {
@@ -190,6 +199,7 @@ impl NodeBehaviour {
         let fetch = request_response(&names.fetch)?;
         let descriptors = request_response(&names.descriptors)?;
         let community_sync = request_response(&names.community_sync)?;
+        let direct = request_response(&names.direct)?;
 
         let packet = packet::Behaviour::new(
             packet::Config {
@@ -219,6 +229,22 @@ impl NodeBehaviour {
             (None, None)
         };
 
+        let relay_server = config.relay_server.then(|| {
+            let r = &limits.relay;
+            relay::Behaviour::new(
+                local_peer_id,
+                relay::Config {
+                    max_reservations: r.max_reservations,
+                    max_reservations_per_peer: r.max_reservations_per_peer,
+                    max_circuits: r.max_circuits,
+                    max_circuits_per_peer: r.max_circuits_per_peer,
+                    max_circuit_duration: r.max_circuit_duration,
+                    max_circuit_bytes: r.max_circuit_bytes,
+                    ..relay::Config::default()
+                },
+            )
+        });
+
         Ok(Self {
             limits: connection_limits,
             identify,
@@ -231,6 +257,10 @@ impl NodeBehaviour {
             packet,
             autonat_client: autonat_client.into(),
             autonat_server: autonat_server.into(),
+            relay_server: relay_server.into(),
+            relay_client: None.into(),
+            dcutr: dcutr::Behaviour::new(local_peer_id),
+            direct,
         })
     }
 }

@@ -132,6 +132,41 @@ pub struct Limits {
     /// full, events are dropped and counted, never buffered further.
     /// Default 1024.
     pub event_queue: usize,
+    /// What a relaying node ([`NetConfig::relay_server`]) gives others.
+    pub relay: RelayLimits,
+}
+
+/// Bounds on what a node relays for others. A relayed connection only has
+/// to carry the hole-punching handshake of direct mode, so circuits are
+/// short and small; reservations and circuits are also rate limited per
+/// peer and per IP address (libp2p's defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers that may hold a reservation at once. Default 128.
+    pub max_reservations: usize,
+    /// Reservations of one peer. Default 2.
+    pub max_reservations_per_peer: usize,
+    /// Circuits relayed at once. Default 32.
+    pub max_circuits: usize,
+    /// Circuits of one peer at once. Default 4.
+    pub max_circuits_per_peer: usize,
+    /// A circuit is closed after this long. Default 2 minutes.
+    pub max_circuit_duration: Duration,
+    /// A circuit is closed after this many bytes each way. Default 128 KiB.
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 128,
+            max_reservations_per_peer: 2,
+            max_circuits: 32,
+            max_circuits_per_peer: 4,
+            max_circuit_duration: Duration::from_secs(120),
+            max_circuit_bytes: 128 * 1024,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -161,6 +196,7 @@ impl Default for Limits {
             max_pending_queries: 64,
             command_queue: 1024,
             event_queue: 1024,
+            relay: RelayLimits::default(),
         }
     }
 }
@@ -266,6 +302,12 @@ pub struct NetConfig {
     /// redialling its bootstrap peers (with backoff). Default 4; a client
     /// that needs only its providers sets 1.
     pub min_peers: usize,
+    /// Whether the node relays connections for others (circuit relay v2)
+    /// so that two contacts behind NAT can set up direct mode: the relayed
+    /// connection carries only the hole-punching handshake, within the
+    /// limits of [`Limits::relay`]. Reachable mixes and providers turn it
+    /// on. Default false.
+    pub relay_server: bool,
 }
 
 impl NetConfig {
@@ -293,6 +335,7 @@ impl NetConfig {
             external_addrs: Vec::new(),
             autonat: false,
             min_peers: 4,
+            relay_server: false,
         }
     }
 
@@ -479,6 +522,9 @@ pub struct ProtocolNames {
     /// Community block sync between members (request-response):
     /// `/chainmail/<id>/community-sync/1.0.0`.
     pub community_sync: String,
+    /// Messages between two contacts' nodes in direct mode
+    /// (request-response): `/chainmail/<id>/direct/1.0.0`.
+    pub direct: String,
     /// Identify protocol version: `/chainmail/<id>/1.0.0`.
     pub identify_version: String,
     /// Gossipsub stream protocol: `/chainmail/<id>/meshsub/1.1.0`.
@@ -500,6 +546,7 @@ impl ProtocolNames {
             fetch: format!("/chainmail/{network_id}/fetch/1.0.0"),
             descriptors: format!("/chainmail/{network_id}/descriptors/1.0.0"),
             community_sync: format!("/chainmail/{network_id}/community-sync/1.0.0"),
+            direct: format!("/chainmail/{network_id}/direct/1.0.0"),
             identify_version: format!("/chainmail/{network_id}/1.0.0"),
             gossipsub: format!("/chainmail/{network_id}/meshsub/1.1.0"),
             descriptor_topic: format!("chainmail/{network_id}/descriptors/1"),

@@ -12,7 +12,7 @@ use std::{
 
 use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, gossipsub, identify,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, autonat, dcutr, gossipsub, identify,
     identity::Keypair,
     kad,
     multiaddr::Protocol,
@@ -31,6 +31,7 @@ use crate::{
     addrs::{AddressScope, announceable},
     behaviour::{MAX_ADDRS_PER_PEER, NodeBehaviour, NodeBehaviourEvent},
     config::{NetConfig, ProtocolNames},
+    direct::{DirectLink, DirectPlan, LinkState, Links},
     error::NetError,
     keys::node_key_from_peer_id,
     limiter::now,
@@ -134,7 +135,17 @@ impl Net {
                 quic.max_concurrent_stream_limit = max_streams;
                 quic
             })
-            .with_behaviour(|_| behaviour)
+            .with_relay_client(noise::Config::new, move || {
+                let mut yamux = yamux::Config::default();
+                yamux.set_max_num_streams(max_streams as usize);
+                yamux
+            })
+            .map_err(|e| NetError::Transport(e.to_string()))?
+            .with_behaviour(|_, relay_client| {
+                let mut behaviour = behaviour;
+                behaviour.relay_client = Some(relay_client).into();
+                behaviour
+            })
             .map_err(|e| NetError::Transport(e.to_string()))?
             .with_swarm_config(|swarm| {
                 swarm
@@ -220,6 +231,7 @@ impl Net {
             autonat_servers: HashSet::new(),
             dialed: HashMap::new(),
             next_reachability_dial: started,
+            links: Links::new(local_peer_id),
             pending_requests: HashMap::new(),
             pending_gets: HashMap::new(),
             pending_puts: HashMap::new(),
@@ -336,6 +348,14 @@ pub enum NetEvent {
         /// The address.
         addr: Multiaddr,
     },
+    /// The direct-mode link with `peer` (see
+    /// [`NetHandle::set_direct`]) changed.
+    DirectLink {
+        /// The peer.
+        peer: PeerId,
+        /// Where the link stands now.
+        state: LinkState,
+    },
 }
 
 impl fmt::Debug for NetEvent {
@@ -388,6 +408,11 @@ impl fmt::Debug for NetEvent {
                 .debug_struct("AddressExpired")
                 .field("addr", addr)
                 .finish(),
+            Self::DirectLink { peer, state } => f
+                .debug_struct("DirectLink")
+                .field("peer", peer)
+                .field("state", &state.as_str())
+                .finish(),
         }
     }
 }
@@ -402,6 +427,10 @@ pub enum RequestKind {
     Descriptors,
     /// A community sync request, to a member's node.
     CommunitySync,
+    /// A message between two contacts in direct mode. Sent only over a
+    /// direct connection ([`NetError::NotDirect`] otherwise), taken only
+    /// from a peer of the [`DirectPlan`] over a direct connection.
+    Direct,
 }
 
 /// The way back to the requester of one inbound request.
@@ -546,6 +575,12 @@ enum Command {
     },
     Reachability {
         reply: oneshot::Sender<Reachability>,
+    },
+    SetDirect {
+        plan: DirectPlan,
+    },
+    DirectLinks {
+        reply: oneshot::Sender<Vec<DirectLink>>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -821,6 +856,22 @@ impl NetHandle {
         answer.await.map_err(|_| NetError::Stopped)
     }
 
+    /// Direct mode: hold reservations at `plan.relays` and keep direct
+    /// connections with `plan.peers` (hole punching through a relay),
+    /// replacing the previous plan. Links with peers no longer in the plan
+    /// are closed. Changes are reported as [`NetEvent::DirectLink`];
+    /// messages travel with [`RequestKind::Direct`].
+    pub async fn set_direct(&self, plan: DirectPlan) -> Result<(), NetError> {
+        self.send(Command::SetDirect { plan }).await
+    }
+
+    /// Every direct-mode link and where it stands.
+    pub async fn direct_links(&self) -> Result<Vec<DirectLink>, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::DirectLinks { reply }).await?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
     /// Stops the driver, closing every connection, and waits until it has
     /// stopped. Pending operations fail with [`NetError::Stopped`].
     /// Does nothing if it has already stopped.
@@ -894,6 +945,8 @@ struct Driver {
     /// Connections this node dialled, per peer.
     dialed: HashMap<PeerId, usize>,
     next_reachability_dial: Instant,
+    /// Direct-mode links with contacts' nodes.
+    links: Links,
     pending_requests: HashMap<(RequestKind, OutboundRequestId), Reply<Vec<u8>>>,
     pending_gets: HashMap<kad::QueryId, Reply<Vec<u8>>>,
     pending_puts: HashMap<kad::QueryId, Reply<()>>,
@@ -912,7 +965,10 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.redial(),
+                _ = tick.tick() => {
+                    self.redial();
+                    self.direct_tick();
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { done }) => {
                         stopped = Some(done);
@@ -1076,6 +1132,14 @@ impl Driver {
             }
             Command::Request {
                 peer,
+                kind: RequestKind::Direct,
+                reply,
+                ..
+            } if !self.links.is_direct(&peer) => {
+                let _ = reply.send(Err(NetError::NotDirect(peer)));
+            }
+            Command::Request {
+                peer,
                 kind,
                 bytes,
                 reply,
@@ -1093,6 +1157,10 @@ impl Driver {
                     RequestKind::Descriptors => behaviour.descriptors.send_request(&peer, bytes),
                     RequestKind::CommunitySync => {
                         behaviour.community_sync.send_request(&peer, bytes)
+                    }
+                    RequestKind::Direct => {
+                        inc(&self.counters.direct_out);
+                        behaviour.direct.send_request(&peer, bytes)
                     }
                 };
                 inc(&self.counters.requests_out);
@@ -1157,6 +1225,16 @@ impl Driver {
                     peers: self.redial.report(now()),
                 });
             }
+            Command::SetDirect { plan } => {
+                let ignored = self.links.set_plan(now(), plan);
+                if ignored > 0 {
+                    tracing::warn!(ignored, "direct mode plan over its limits");
+                }
+                self.direct_tick();
+            }
+            Command::DirectLinks { reply } => {
+                let _ = reply.send(self.links.report());
+            }
             Command::Shutdown { .. } => {} // handled in `run`
         }
     }
@@ -1193,22 +1271,50 @@ impl Driver {
             SwarmEvent::ListenerError { error, .. } => {
                 tracing::warn!(%error, "listener error");
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } if self.links.on_listener_closed(now(), listener_id) => {
+                let reason = match &reason {
+                    Ok(()) => "closed".to_owned(),
+                    Err(e) => error_chain(e),
+                };
+                tracing::info!(%reason, "relay reservation ended; trying again later");
+            }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
                 inc(&self.counters.connections);
                 inc(&self.counters.connections_total);
                 if endpoint.is_dialer() {
                     *self.dialed.entry(peer_id).or_default() += 1;
                 }
+                let remote = endpoint.get_remote_address();
+                if !self
+                    .links
+                    .on_established(peer_id, connection_id, remote, endpoint.is_relayed())
+                {
+                    // Through a relay, from a node this one has no direct
+                    // link with: relays carry only direct mode's handshake.
+                    inc(&self.counters.direct_refused);
+                    self.swarm.close_connection(connection_id);
+                }
+                self.report_links();
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
                 endpoint,
+                connection_id,
                 ..
             } => {
                 dec(&self.counters.connections);
+                self.links.on_closed(&peer_id, connection_id);
+                self.report_links();
                 if endpoint.is_dialer()
                     && let Some(n) = self.dialed.get_mut(&peer_id)
                 {
@@ -1235,6 +1341,10 @@ impl Driver {
                 {
                     let mut text = error.to_string();
                     text.truncate(300);
+                    if self.links.wants(&peer) {
+                        self.links.on_dial_failed(now(), &peer, text.clone());
+                        self.report_links();
+                    }
                     self.redial.failed(now(), &peer, text, false);
                 }
             }
@@ -1267,6 +1377,30 @@ impl Driver {
             }
             NodeBehaviourEvent::CommunitySync(event) => {
                 self.on_request(RequestKind::CommunitySync, event)
+            }
+            NodeBehaviourEvent::Direct(event) => self.on_request(RequestKind::Direct, event),
+            NodeBehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                let result = match result {
+                    Ok(_) => {
+                        inc(&self.counters.hole_punches_succeeded);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        inc(&self.counters.hole_punches_failed);
+                        Err(error_chain(&e))
+                    }
+                };
+                tracing::info!(peer = %remote_peer_id, ?result, "hole punching");
+                for connection in self.links.on_hole_punch(now(), &remote_peer_id, result) {
+                    self.swarm.close_connection(connection);
+                }
+                self.report_links();
+            }
+            NodeBehaviourEvent::RelayClient(event) => {
+                tracing::debug!(?event, "relay client");
             }
             NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, .. }) => {
                 self.on_query(id, result)
@@ -1368,6 +1502,63 @@ impl Driver {
             .condition(PeerCondition::Always)
             .build();
         let _ = self.swarm.dial(opts);
+    }
+
+    /// Carries out what direct mode needs now: reservations, dials through
+    /// relays, closing relayed connections a direct one replaced, keeping
+    /// direct connections open.
+    fn direct_tick(&mut self) {
+        let now = now();
+        let todo = self.links.take_todo(now);
+        for listener in todo.unreserve {
+            self.swarm.remove_listener(listener);
+        }
+        for addr in todo.reserve {
+            let listener = match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::info!(%addr, error = %error_chain(&e), "cannot reserve at relay");
+                    None
+                }
+            };
+            self.links.on_reserving(now, &addr, listener);
+        }
+        for (peer, addrs) in todo.dial {
+            tracing::debug!(%peer, "dialling a direct-mode peer through its relay");
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .addresses(addrs)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                let mut text = error_chain(&error);
+                text.truncate(300);
+                self.links.on_dial_failed(now, &peer, text);
+            }
+        }
+        for connection in todo.close {
+            self.swarm.close_connection(connection);
+        }
+        for peer in todo.keepalive {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .direct
+                .send_request(&peer, Vec::new());
+        }
+        for peer in todo.disconnect {
+            // Direct mode with them ended; a node that is also a peer for
+            // other reasons (a provider) is redialled by its own schedule.
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.report_links();
+    }
+
+    /// Reports links whose state changed.
+    fn report_links(&mut self) {
+        for (peer, state) in self.links.changes() {
+            tracing::info!(%peer, state = state.as_str(), "direct link");
+            self.emit(NetEvent::DirectLink { peer, state });
+        }
     }
 
     /// Subscribes to a community topic, within the local cap.
@@ -1501,12 +1692,29 @@ impl Driver {
         match event {
             request_response::Event::Message {
                 peer,
+                connection_id,
                 message:
                     request_response::Message::Request {
                         request, channel, ..
                     },
-                ..
             } => {
+                if kind == RequestKind::Direct {
+                    if !self.links.accepts(&peer, connection_id) {
+                        // Dropping the channel refuses the request.
+                        inc(&self.counters.direct_refused);
+                        return;
+                    }
+                    if request.is_empty() {
+                        // Keeps the connection open; nothing to hand on.
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .direct
+                            .send_response(channel, Vec::new());
+                        return;
+                    }
+                    inc(&self.counters.direct_in);
+                }
                 inc(&self.counters.requests_in);
                 if self.replies.len() >= self.max_pending_requests {
                     // Dropping the channel refuses the request.

@@ -117,6 +117,10 @@ pub enum NetError {
     /// closed the stream, or its response was too large).
     #[error("request failed: {0}")]
     RequestFailed(String),
+    /// A direct-mode message, but no direct connection to the peer is up
+    /// (send it through the mixnet).
+    #[error("no direct connection to {0}")]
+    NotDirect(libp2p::PeerId),
     /// The reply to an inbound request can no longer be sent (the request
     /// timed out or the connection closed).
     #[error(

@@ -7,6 +7,7 @@
 pub mod addrs;
 mod behaviour;
 mod config;
+mod direct;
 mod driver;
 mod error;
 mod keys;
@@ -18,7 +19,10 @@ mod redial;
 mod topics;
 
 pub use addrs::AddressScope;
-pub use config::{IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, Timeouts};
+pub use config::{
+    IdentitySecret, Limits, NetConfig, ProtocolNames, RateLimit, RelayLimits, Timeouts,
+};
+pub use direct::{DirectLink, DirectPlan, LinkState, MAX_DIRECT_PEERS, MAX_RELAYS};
 pub use driver::{
     Net, NetEvent, NetEvents, NetHandle, Probe, Reachability, ReplyHandle, RequestKind,
     TopicMessageId, Verdict,

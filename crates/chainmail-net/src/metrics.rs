@@ -29,6 +29,11 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     pub(crate) connections_total: AtomicU64,
     pub(crate) foreign_peers_rejected: AtomicU64,
+    pub(crate) direct_refused: AtomicU64,
+    pub(crate) direct_in: AtomicU64,
+    pub(crate) direct_out: AtomicU64,
+    pub(crate) hole_punches_failed: AtomicU64,
+    pub(crate) hole_punches_succeeded: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -72,6 +77,11 @@ impl Counters {
             connections: get(&self.connections),
             connections_total: get(&self.connections_total),
             foreign_peers_rejected: get(&self.foreign_peers_rejected),
+            direct_refused: get(&self.direct_refused),
+            direct_in: get(&self.direct_in),
+            direct_out: get(&self.direct_out),
+            hole_punches_failed: get(&self.hole_punches_failed),
+            hole_punches_succeeded: get(&self.hole_punches_succeeded),
         }
     }
 }
@@ -142,4 +152,16 @@ pub struct NetMetrics {
     pub connections_total: u64,
     /// Connections closed because identify showed another network.
     pub foreign_peers_rejected: u64,
+    /// Direct-mode traffic refused: relayed connections from peers this
+    /// node has no direct link with, and direct requests from such peers or
+    /// over a relayed connection.
+    pub direct_refused: u64,
+    /// Direct-mode messages taken.
+    pub direct_in: u64,
+    /// Direct-mode messages sent.
+    pub direct_out: u64,
+    /// Hole punching attempts that failed.
+    pub hole_punches_failed: u64,
+    /// Hole punching attempts that gave a direct connection.
+    pub hole_punches_succeeded: u64,
 }
