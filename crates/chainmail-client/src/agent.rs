@@ -7,7 +7,7 @@
 //! then drain [`Agent::poll_output`] in order. A [`Output::Persist`] batch
 //! must be durable before the outputs after it are carried out.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +31,12 @@ use serde_json::Value;
 use crate::community::{
     CommunityRequest, Hub, InviteView, NetAction, Rendezvous, SwarmAction, Verdict,
 };
+use crate::direct::{Card, Direct, DirectPlan};
 use crate::errands::{Errands, Purpose};
 use crate::hex::hex;
 use crate::requests::{
-    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
-    Queued, Response, SafetyNumberView, SentMessage, Whoami,
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, DirectChange, HistoryEntry,
+    IdentityExport, Queued, Response, SafetyNumberView, SentMessage, Whoami,
 };
 use crate::storage::{Batch, Storage, StorageError, Table};
 
@@ -124,6 +125,35 @@ pub enum Input {
         /// The encoded answer.
         bytes: Vec<u8>,
     },
+    /// How contacts reach this node in direct mode: its peer id and its
+    /// relayed addresses through its providers. Sent to contacts only
+    /// when the user turns direct mode on with them.
+    DirectCard(Card),
+    /// The host's direct link with `peer` changed (see
+    /// [`Output::Direct`]).
+    DirectLink {
+        /// Peer id bytes.
+        peer: Vec<u8>,
+        /// connecting, relayed, direct or failed.
+        state: String,
+        /// The remote address (direct) or the error (failed).
+        detail: String,
+    },
+    /// A message that came over a direct connection from `peer`.
+    DirectReceived {
+        /// Peer id bytes.
+        peer: Vec<u8>,
+        /// One encoded fragment, as through the mixnet.
+        body: Vec<u8>,
+    },
+    /// The outcome of [`Output::DirectSend`] `id`: on failure the message
+    /// goes through the mixnet instead.
+    DirectSent {
+        /// The send.
+        id: u64,
+        /// The peer took it.
+        delivered: bool,
+    },
 }
 
 /// What the agent needs done, in order.
@@ -164,7 +194,33 @@ pub enum Output {
     Swarm(SwarmAction),
     /// Something to show the user (already in the history).
     Shown(HistoryEntry),
+    /// Direct mode: what the host should link (replaces the last plan).
+    Direct(DirectPlan),
+    /// Send one fragment over the direct connection with `peer`; report
+    /// with [`Input::DirectSent`].
+    DirectSend {
+        /// The send.
+        id: u64,
+        /// Peer id bytes.
+        peer: Vec<u8>,
+        /// One encoded fragment.
+        body: Vec<u8>,
+    },
 }
+
+/// A fragment sent over a direct connection, kept until the peer took it
+/// (to send it through the mixnet if not).
+#[derive(Debug)]
+struct DirectPending {
+    tag: chainmail_session::FragmentTag,
+    to: ClientAddress,
+    body: Vec<u8>,
+    acknowledged: bool,
+}
+
+/// Fragments waiting for a direct peer's answer; beyond this, messages go
+/// through the mixnet.
+const MAX_DIRECT_PENDING: usize = 1024;
 
 /// Why the agent could not start or answer.
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +248,15 @@ pub struct AgentStats {
     pub storage_errors: u64,
     /// Advisories found in the DHT that did not verify.
     pub advisories_refused: u64,
+    /// Direct-mode letters that were malformed, and messages from a peer
+    /// this user has no direct link with.
+    pub direct_refused: u64,
+    /// Messages that came over a direct connection.
+    pub direct_in: u64,
+    /// Fragments sent over a direct connection (and taken).
+    pub direct_out: u64,
+    /// Fragments a direct send failed for, sent through the mixnet.
+    pub direct_fallbacks: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -233,6 +298,9 @@ pub struct Agent<S> {
     batch: Batch,
     shown: Vec<HistoryEntry>,
     letters: Vec<(Address, Vec<u8>)>,
+    direct: Direct,
+    direct_pending: HashMap<u64, DirectPending>,
+    next_direct_id: u64,
     outputs: VecDeque<Output>,
     next_advisory_fetch: Time,
     stored_cursors: Vec<(NodeId, u64)>,
@@ -278,6 +346,7 @@ impl<S: Storage> Agent<S> {
         }
         let history_seq = last_position(&storage)?;
         let hub = Hub::load(&storage, config.topic_prefix.clone(), now.0, rng.random())?;
+        let direct = Direct::load(&storage)?;
         let mut agent = Agent {
             config,
             storage,
@@ -292,6 +361,9 @@ impl<S: Storage> Agent<S> {
             batch,
             shown: Vec::new(),
             letters: Vec::new(),
+            direct,
+            direct_pending: HashMap::new(),
+            next_direct_id: 0,
             outputs: VecDeque::new(),
             next_advisory_fetch: now,
             stored_cursors: Vec::new(),
@@ -344,6 +416,16 @@ impl<S: Storage> Agent<S> {
     /// The messenger (for status and metrics).
     pub fn messenger(&self) -> &Messenger {
         &self.messenger
+    }
+
+    /// Direct mode with every contact for whom it is not off: name and
+    /// where it stands.
+    pub fn direct_summary(&self) -> Vec<(String, crate::DirectView)> {
+        self.messenger
+            .contacts()
+            .map(|c| (c.name.clone(), self.direct.view(&c.address, &c.name)))
+            .filter(|(_, v)| v.state != "off")
+            .collect()
     }
 
     /// What the agent counted.
@@ -437,6 +519,21 @@ impl<S: Storage> Agent<S> {
             Input::SyncAnswer { community, bytes } => {
                 self.hub.handle_sync_response(now.0, community, &bytes);
             }
+            Input::DirectCard(card) => self.set_direct_card(now, card),
+            Input::DirectLink {
+                peer,
+                state,
+                detail,
+            } => self.direct_link(now, peer, state, detail),
+            Input::DirectReceived { peer, body } => {
+                if self.direct.contact_of(&peer).is_some() && Fragment::decode(&body).is_ok() {
+                    self.stats.direct_in += 1;
+                    self.messenger.handle_received(now, &body);
+                } else {
+                    self.stats.direct_refused += 1;
+                }
+            }
+            Input::DirectSent { id, delivered } => self.direct_sent(now, id, delivered),
         }
         self.flush(now);
     }
@@ -675,6 +772,10 @@ impl<S: Storage> Agent<S> {
             self.record(now, event);
         }
         for (from, body) in std::mem::take(&mut self.letters) {
+            if let Some(result) = self.direct.handle_letter(&mut self.batch, from, &body) {
+                self.direct_letter(now, from, result);
+                continue;
+            }
             let name = self.name_of(&from);
             let invited = self
                 .hub
@@ -725,12 +826,56 @@ impl<S: Storage> Agent<S> {
         for entry in self.shown.drain(..) {
             self.outputs.push_back(Output::Shown(entry));
         }
+        if let Some(plan) = self.direct.take_plan() {
+            self.outputs.push_back(Output::Direct(plan));
+        }
 
         // What the messenger and the communities need from the network.
         let Some(client) = &mut self.client else {
             return;
         };
         while let Some(action) = self.messenger.poll_action() {
+            // Over the direct connection with the contact, if one is up.
+            let action = match action {
+                Action::Transmit {
+                    tag,
+                    to,
+                    body,
+                    acknowledged,
+                } if self.direct_pending.len() < MAX_DIRECT_PENDING => {
+                    let contact = self
+                        .messenger
+                        .contacts()
+                        .find(|c| c.mixnet.as_ref() == Some(&to))
+                        .map(|c| c.address);
+                    match contact.and_then(|c| self.direct.direct_peer(&c)) {
+                        Some(peer) => {
+                            let id = self.next_direct_id;
+                            self.next_direct_id += 1;
+                            self.outputs.push_back(Output::DirectSend {
+                                id,
+                                peer,
+                                body: body.clone(),
+                            });
+                            let pending = DirectPending {
+                                tag,
+                                to,
+                                body,
+                                acknowledged,
+                            };
+                            self.direct_pending.insert(id, pending);
+                            continue;
+                        }
+                        None => Action::Transmit {
+                            tag,
+                            to,
+                            body,
+                            acknowledged,
+                        },
+                    }
+                }
+                other => other,
+            };
             match action {
                 Action::Transmit {
                     tag,
@@ -810,6 +955,137 @@ impl<S: Storage> Agent<S> {
         }
         while let Some((provider, request)) = client.poll_fetch() {
             self.outputs.push_back(Output::Fetch { provider, request });
+        }
+    }
+
+    /// `contact direct NAME on|off`.
+    fn contact_direct(&mut self, now: Time, name: &str, on: bool) -> Result<Response, String> {
+        let address = self.contact_address(name)?;
+        let contact = self.messenger.contact(&address).ok_or("no such contact")?;
+        if contact.state != ContactState::Accepted {
+            return Err(format!(
+                "direct mode needs an accepted contact; {} is {}",
+                contact.name,
+                contact.state.as_str()
+            ));
+        }
+        let name = contact.name.clone();
+        let letter = self.direct.set_mine(&mut self.batch, address, on)?;
+        self.messenger
+            .send_community(now, &address, letter.encode())
+            .map_err(|e| e.to_string())?;
+        let direct = self.direct.view(&address, &name);
+        let text = if on {
+            format!(
+                "you agreed to direct mode with {name}: once {name} agrees too, each of you can                  see the other's network address"
+            )
+        } else {
+            format!("you turned direct mode with {name} off: messages go through the mixnet")
+        };
+        self.direct_history(now, address, text);
+        Ok(Response::Direct(DirectChange { name, direct }))
+    }
+
+    /// A direct-mode letter from a contact.
+    fn direct_letter(&mut self, now: Time, from: Address, result: Result<bool, ()>) {
+        let Ok(on) = result else {
+            self.stats.direct_refused += 1;
+            return;
+        };
+        let name = self.name_of(&from);
+        let view = self.direct.view(&from, &name);
+        let text = match (on, view.state.as_str()) {
+            (true, "offered") => view.detail,
+            (true, _) => format!(
+                "{name} agreed to direct mode too: connecting; each of you can see the other's                  network address"
+            ),
+            (false, _) => format!("{name} turned direct mode off: messages go through the mixnet"),
+        };
+        self.direct_history(now, from, text);
+    }
+
+    fn direct_history(&mut self, now: Time, contact: Address, text: String) {
+        let name = self.name_of(&contact);
+        self.history(HistoryEntry {
+            seq: 0,
+            at: now.0,
+            kind: "direct".into(),
+            contact: contact.to_string(),
+            name,
+            id: None,
+            text: Some(text),
+            state: None,
+            position: None,
+        });
+    }
+
+    /// This node's card changed: contacts it was offered to get the new one.
+    fn set_direct_card(&mut self, now: Time, card: Card) {
+        let mut card = card;
+        card.addrs.truncate(crate::direct::MAX_CARD_ADDRS);
+        if self.direct.card.as_ref() == Some(&card) {
+            return;
+        }
+        self.direct.card = Some(card);
+        for contact in self.direct.mine() {
+            if let Ok(letter) = self.direct.set_mine(&mut self.batch, contact, true)
+                && let Err(e) = self
+                    .messenger
+                    .send_community(now, &contact, letter.encode())
+            {
+                tracing::debug!(error = %e, "cannot send the new direct-mode card");
+            }
+        }
+    }
+
+    /// The host's report on a direct link.
+    fn direct_link(&mut self, now: Time, peer: Vec<u8>, state: String, detail: String) {
+        let Some(contact) = self.direct.contact_of(&peer) else {
+            return;
+        };
+        if !self.direct.set_link(peer, state.clone(), detail) {
+            return;
+        }
+        // Shown when it matters to the user: the connection is up, or it
+        // failed and the mixnet carries the messages.
+        if matches!(state.as_str(), "direct" | "failed") {
+            let name = self.name_of(&contact);
+            let text = self.direct.view(&contact, &name).detail;
+            self.direct_history(now, contact, text);
+        }
+    }
+
+    /// The outcome of a direct send.
+    fn direct_sent(&mut self, now: Time, id: u64, delivered: bool) {
+        let Some(p) = self.direct_pending.remove(&id) else {
+            return;
+        };
+        if delivered {
+            self.stats.direct_out += 1;
+            if p.acknowledged {
+                // The peer's node took it, as a mixnet acknowledgement
+                // would say.
+                let mixnet_id: [u8; 16] = self.rng.random();
+                self.messenger.handle_transmitted(p.tag, mixnet_id);
+                self.messenger.handle_mixnet_delivered(&mixnet_id);
+            }
+            return;
+        }
+        self.stats.direct_fallbacks += 1;
+        let Some(client) = &mut self.client else {
+            self.messenger.handle_transmit_failed(p.tag);
+            return;
+        };
+        if p.acknowledged {
+            match client.send(now, &p.to, &p.body) {
+                Ok(mixnet_id) => self.messenger.handle_transmitted(p.tag, mixnet_id),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the mixnet client refused a message");
+                    self.messenger.handle_transmit_failed(p.tag);
+                }
+            }
+        } else if let Err(e) = client.send_unacknowledged(now, &p.to, &p.body) {
+            tracing::debug!(error = %e, "the mixnet client refused a receipt");
         }
     }
 
@@ -936,8 +1212,9 @@ impl<S: Storage> Agent<S> {
             .ok_or_else(|| format!("no contact named {name:?} (`chainmail contact list`)"))
     }
 
-    fn view(m: &Messenger, c: &chainmail_session::Contact) -> ContactView {
+    fn view(m: &Messenger, direct: &Direct, c: &chainmail_session::Contact) -> ContactView {
         ContactView {
+            direct: direct.view(&c.address, &c.name),
             unsafe_version: m.runs_unsafe_version(c),
             name: c.name.clone(),
             address: c.address.to_string(),
@@ -1008,14 +1285,17 @@ impl<S: Storage> Agent<S> {
                 }))
             }
             AccountRequest::ContactList => Ok(Response::Contacts(
-                m.contacts().map(|c| Self::view(m, c)).collect(),
+                m.contacts()
+                    .map(|c| Self::view(m, &self.direct, c))
+                    .collect(),
             )),
             AccountRequest::ContactRequests => Ok(Response::Contacts(
                 m.contacts()
                     .filter(|c| c.state == ContactState::RequestReceived)
-                    .map(|c| Self::view(m, c))
+                    .map(|c| Self::view(m, &self.direct, c))
                     .collect(),
             )),
+            AccountRequest::ContactDirect { name, on } => self.contact_direct(now, &name, on),
             AccountRequest::ContactAccept { name } => {
                 self.answer_contact(name, |m, a| m.accept(now, a).map(|()| "accepted"))
             }

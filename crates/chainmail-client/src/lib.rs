@@ -17,6 +17,7 @@
 
 mod agent;
 mod community;
+mod direct;
 mod errands;
 pub mod hex;
 mod requests;
@@ -24,8 +25,9 @@ mod storage;
 
 pub use agent::{Agent, AgentConfig, AgentError, AgentStats, Input, Output, new_account};
 pub use community::{CommunityRequest, InviteView, MAX_IMPORT_BLOCKS, SwarmAction, Verdict};
+pub use direct::{Card, DirectPlan, DirectView, LETTER_TAG, MAX_CARD_ADDRS};
 pub use requests::{
-    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
-    Queued, Response, SafetyNumberView, SentMessage, Whoami,
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, DirectChange, HistoryEntry,
+    IdentityExport, Queued, Response, SafetyNumberView, SentMessage, Whoami,
 };
 pub use storage::{Batch, MemoryStorage, Record, Storage, StorageError, Table};

@@ -74,6 +74,8 @@ pub struct ContactView {
     pub request_text: Option<String>,
     /// The network's advisory lists their client version as unsafe.
     pub unsafe_version: bool,
+    /// Direct mode with them.
+    pub direct: crate::DirectView,
 }
 
 /// Requests of the CLI and the local API (`POST /v1/account`).
@@ -138,6 +140,16 @@ pub enum AccountRequest {
         /// The encoded advisory, hex.
         advisory: String,
     },
+    /// Turn direct mode with a contact on or off. On: this user agrees
+    /// to a direct connection, which starts once the contact agrees too;
+    /// each then sees the other's network address. Off: withdraws that,
+    /// tells them, and closes the connection.
+    ContactDirect {
+        /// The contact.
+        name: String,
+        /// On or off.
+        on: bool,
+    },
     /// A community request.
     Community {
         /// What to do.
@@ -179,6 +191,15 @@ pub struct ContactChange {
     pub address: Option<String>,
     /// `looking-up`, `accepted`, `denied`, `ignored`.
     pub state: String,
+}
+
+/// Direct mode with a contact after [`AccountRequest::ContactDirect`].
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DirectChange {
+    /// Our name for them.
+    pub name: String,
+    /// Where it stands.
+    pub direct: crate::DirectView,
 }
 
 /// A message handed to the messenger.
@@ -235,6 +256,9 @@ pub enum Response {
     SafetyNumber(SafetyNumberView),
     /// [`AccountRequest::AdvisoryPublish`].
     AdvisoryPublished(AdvisoryPublished),
+    /// [`AccountRequest::ContactDirect`]: where direct mode with the
+    /// contact stands now.
+    Direct(DirectChange),
     /// [`AccountRequest::Community`]: a community's summary, log, members,
     /// export or import report, as JSON.
     Community(serde_json::Value),

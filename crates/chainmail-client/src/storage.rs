@@ -36,11 +36,13 @@ pub enum Table {
     Communities,
     /// The blocks of those communities: community id ‖ block id.
     CommunityBlocks,
+    /// Direct-mode consent, per contact: their address.
+    Direct,
 }
 
 impl Table {
     /// Every table.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
         Table::Client,
         Table::Advisory,
         Table::Messenger,
@@ -50,6 +52,7 @@ impl Table {
         Table::Invites,
         Table::Communities,
         Table::CommunityBlocks,
+        Table::Direct,
     ];
 
     /// The name stored on disk.
@@ -64,6 +67,7 @@ impl Table {
             Table::Invites => "invites",
             Table::Communities => "communities",
             Table::CommunityBlocks => "community-blocks",
+            Table::Direct => "direct",
         }
     }
 }

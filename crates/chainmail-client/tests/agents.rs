@@ -86,6 +86,10 @@ impl World {
                 }
                 Output::Swarm(_) => person.swarm += 1,
                 Output::Shown(entry) => person.shown.push(entry),
+                // Nobody turns direct mode on here: everything goes through
+                // the mixnet.
+                Output::Direct(plan) => assert!(plan.peers.is_empty() && !plan.reserve),
+                Output::DirectSend { .. } => panic!("{} sent directly", person.name),
             }
         }
     }

@@ -101,6 +101,20 @@ pub struct Status {
     /// The bootstrap peers, and how reaching them goes.
     #[serde(default)]
     pub bootstrap: Vec<BootstrapStatus>,
+    /// Direct mode with contacts, where it is not off.
+    #[serde(default)]
+    pub direct: Vec<DirectStatus>,
+}
+
+/// Direct mode with one contact, in [`Status`].
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DirectStatus {
+    /// The contact's name.
+    pub contact: String,
+    /// asked, offered, connecting, relayed, direct, failed.
+    pub state: String,
+    /// One line for people.
+    pub detail: String,
 }
 
 /// One node descriptor, as `GET /v1/directory` shows it.

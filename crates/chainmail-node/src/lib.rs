@@ -11,6 +11,7 @@
 pub mod account;
 pub mod api;
 pub mod clock;
+mod direct;
 mod files;
 pub mod network;
 pub mod runtime;

@@ -155,6 +155,11 @@ enum Internal {
     },
     /// The network driver's report on reachability and wanted peers.
     Reachability(chainmail_net::Reachability),
+    /// A direct-mode send ended.
+    DirectSent {
+        id: u64,
+        delivered: bool,
+    },
 }
 
 struct Runtime {
@@ -179,6 +184,8 @@ struct Runtime {
     announced: Vec<Multiaddr>,
     /// The driver's latest report on reachability and wanted peers.
     reach: chainmail_net::Reachability,
+    /// Direct mode between the hosted agent and its contacts.
+    direct: crate::direct::DirectHost,
     next_reach_poll: Time,
     peers: usize,
     /// Every peer this node was ever connected to (bounded), so that tests
@@ -265,6 +272,9 @@ pub async fn run_node(
     // lookups and publications out (errands through the mixnet), so it
     // never connects to a DHT node it did not choose.
     config.dht = config.kad_server;
+    // Mixes and providers relay the hole-punching handshake of their
+    // clients' direct mode (only once others can reach them).
+    config.relay_server = config.kad_server;
     config.timeouts.request = Duration::from_secs(40);
     config.limits.packet_rate = chainmail_net::RateLimit {
         frames_per_second: opts.peer_packet_rate,
@@ -328,6 +338,7 @@ pub async fn run_node(
         listen_addrs: Vec::new(),
         announced: Vec::new(),
         reach: Default::default(),
+        direct: Default::default(),
         next_reach_poll: Time(0),
         peers: 0,
         peers_seen: Default::default(),
@@ -453,8 +464,38 @@ impl Runtime {
                 let _ = self.net.validate(id, verdict).await;
             }
             NetEvent::RequestReceived {
+                kind: RequestKind::Direct,
+                peer,
+                bytes,
+                reply,
+            } => {
+                // The driver took it only from a peer of the direct plan,
+                // over a direct connection; the agent checks the rest.
+                self.give_agent(
+                    now,
+                    Input::DirectReceived {
+                        peer: peer.to_bytes(),
+                        body: bytes,
+                    },
+                );
+                let _ = reply.send(Vec::new());
+            }
+            NetEvent::RequestReceived {
                 kind, bytes, reply, ..
             } => self.on_request(now, kind, bytes, reply),
+            NetEvent::DirectLink { peer, state } => {
+                let (words, detail) = crate::direct::link_words(&state);
+                info!(%peer, state = %words, %detail, "direct link");
+                self.direct.links.insert(peer, state);
+                self.give_agent(
+                    now,
+                    Input::DirectLink {
+                        peer: peer.to_bytes(),
+                        state: words,
+                        detail,
+                    },
+                );
+            }
             NetEvent::PeerConnected { peer } => {
                 self.peers += 1;
                 if self.peers_seen.len() < 10_000 {
@@ -500,10 +541,12 @@ impl Runtime {
                 info!(%addr, "others can reach this node at");
                 self.announced.push(addr);
                 self.next_publish = now;
+                self.update_direct_card(now);
             }
             NetEvent::AddressExpired { addr } => {
                 self.announced.retain(|a| *a != addr);
                 self.next_publish = now;
+                self.update_direct_card(now);
             }
             _ => {}
         }
@@ -528,6 +571,8 @@ impl Runtime {
                 }
                 None => drop(reply),
             },
+            // Taken in `on_net`.
+            RequestKind::Direct => drop(reply),
             RequestKind::Descriptors => {
                 let max = reply.max_response_size();
                 let mut all = Vec::new();
@@ -600,6 +645,9 @@ impl Runtime {
                 self.give_agent(now, Input::SyncAnswer { community, bytes })
             }
             Internal::Reachability(reach) => self.reach = reach,
+            Internal::DirectSent { id, delivered } => {
+                self.give_agent(now, Input::DirectSent { id, delivered })
+            }
         }
     }
 
@@ -673,6 +721,20 @@ impl Runtime {
                     || d.layers.iter().flatten().any(|m| m.id == self.id)
             }),
             reachability: self.reachability_line(),
+            direct: self
+                .agent
+                .as_ref()
+                .map(|(a, _)| {
+                    a.direct_summary()
+                        .into_iter()
+                        .map(|(contact, v)| crate::api::DirectStatus {
+                            contact,
+                            state: v.state,
+                            detail: v.detail,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             bootstrap: self
                 .reach
                 .peers
@@ -757,6 +819,31 @@ impl Runtime {
                 "chainmail_tasks_refused_total",
                 "Background tasks not started because too many were running, by kind.",
                 &refused,
+            );
+            let net = self.net.metrics();
+            let mut direct = vec![
+                ("{event=\"received\"}".to_string(), net.direct_in),
+                ("{event=\"sent\"}".to_string(), net.direct_out),
+                ("{event=\"refused\"}".to_string(), net.direct_refused),
+                (
+                    "{event=\"hole_punch_ok\"}".to_string(),
+                    net.hole_punches_succeeded,
+                ),
+                (
+                    "{event=\"hole_punch_failed\"}".to_string(),
+                    net.hole_punches_failed,
+                ),
+            ];
+            if let Some(a) = agent {
+                let s = a.stats();
+                direct.push(("{event=\"fallback\"}".to_string(), s.direct_fallbacks));
+                direct.push(("{event=\"agent_refused\"}".to_string(), s.direct_refused));
+            }
+            crate::api::counter(
+                &mut text,
+                "chainmail_direct_total",
+                "Direct mode: messages received and sent over direct connections, traffic refused (from peers without a direct link, or through a relay), hole punching outcomes, and fragments sent through the mixnet after a direct send failed.",
+                &direct,
             );
         }
         if let Some(a) = agent {
@@ -849,6 +936,41 @@ impl Runtime {
         }
         self.connect_to_directory();
         self.current_directory = Some(current);
+        self.update_direct_card(now);
+    }
+
+    /// Tells the agent where contacts can reach this node in direct mode
+    /// (through its providers), and the driver where to hold reservations.
+    fn update_direct_card(&mut self, now: Time) {
+        let Some((agent, _)) = &self.agent else {
+            return;
+        };
+        let providers: Vec<(NodeId, Vec<String>)> = agent
+            .providers()
+            .into_iter()
+            .filter_map(|p| Some((p, self.known_addresses.get(&p)?.clone())))
+            .collect();
+        let scope = self.opts.network.network.scope();
+        let me = self.net.local_peer_id();
+        // A client's own addresses are announced only on a local network;
+        // on a public one it is reached through its providers.
+        let own: &[Multiaddr] = if scope == chainmail_net::AddressScope::Local {
+            &self.announced
+        } else {
+            &[]
+        };
+        if let Some(card) = self.direct.update_card(me, scope, &providers, own) {
+            self.give_agent(now, Input::DirectCard(card));
+            self.push_direct_plan();
+        }
+    }
+
+    fn push_direct_plan(&mut self) {
+        let plan = self.direct.net_plan(self.opts.network.network.scope());
+        let net = self.net.clone();
+        self.tasks.spawn("direct", async move {
+            let _ = net.set_direct(plan).await;
+        });
     }
 
     /// Connects to the nodes packets go to. A mix or provider keeps a
@@ -1084,6 +1206,36 @@ impl Runtime {
                         run_swarm_action(&mut self.tasks, &self.net, &self.internal_tx, action)
                     }
                     Output::Shown(entry) => debug!(kind = %entry.kind, "shown"),
+                    Output::Direct(plan) => {
+                        self.direct.set_plan(plan);
+                        let plan = self.direct.net_plan(self.opts.network.network.scope());
+                        let net = self.net.clone();
+                        self.tasks.spawn("direct", async move {
+                            let _ = net.set_direct(plan).await;
+                        });
+                    }
+                    Output::DirectSend { id, peer, body } => {
+                        let net = self.net.clone();
+                        let tx = self.internal_tx.clone();
+                        let started = self.tasks.spawn("direct", async move {
+                            let delivered = match PeerId::from_bytes(&peer) {
+                                Ok(peer) => {
+                                    net.request(peer, RequestKind::Direct, body).await.is_ok()
+                                }
+                                Err(_) => false,
+                            };
+                            let _ = tx.send(Internal::DirectSent { id, delivered }).await;
+                        });
+                        if !started {
+                            agent.handle(
+                                now,
+                                Input::DirectSent {
+                                    id,
+                                    delivered: false,
+                                },
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use crate::DataDirArg;
 use chainmail_client::{
-    AccountRequest, AdvisoryPublished, ContactChange, ContactView, HistoryEntry, IdentityExport,
-    Queued, SafetyNumberView, SentMessage, Whoami,
+    AccountRequest, AdvisoryPublished, ContactChange, ContactView, DirectChange, HistoryEntry,
+    IdentityExport, Queued, SafetyNumberView, SentMessage, Whoami,
 };
 
 /// `chainmail contact …`
@@ -76,6 +76,24 @@ pub(crate) enum ContactCommand {
         data: DataDirArg,
         /// The requester's name.
         name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Direct mode with a contact: messages go over a direct connection
+    /// between your two nodes instead of through the mixnet. It starts only
+    /// when both of you turned it on, and then each of you can see the
+    /// other's network (IP) address. If no direct connection can be made
+    /// (some home routers prevent it), messages keep going through the
+    /// mixnet. `off` withdraws it and closes the connection.
+    Direct {
+        #[command(flatten)]
+        data: DataDirArg,
+        /// The contact's name.
+        name: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -248,6 +266,9 @@ fn print_contacts(contacts: &[ContactView]) {
                 c.client_version.as_deref().unwrap_or_default()
             ));
         }
+        if c.direct.state != "off" {
+            flags.push(format!("direct mode {}", c.direct.state));
+        }
         println!(
             "{:<16} {:<17} {}{}",
             c.name,
@@ -261,6 +282,9 @@ fn print_contacts(contacts: &[ContactView]) {
         );
         if let Some(text) = &c.request_text {
             println!("{:<16} “{text}”", "");
+        }
+        if c.direct.state != "off" {
+            println!("{:<16} direct mode: {}", "", c.direct.detail);
         }
     }
 }
@@ -292,6 +316,32 @@ pub(crate) async fn contact(command: ContactCommand) -> Result<()> {
         }
         ContactCommand::Ignore { data, name, json } => {
             (data, AccountRequest::ContactIgnore { name }, json)
+        }
+        ContactCommand::Direct {
+            data,
+            name,
+            state,
+            json,
+        } => {
+            let on = state == "on";
+            let request = AccountRequest::ContactDirect { name, on };
+            let change: DirectChange = account(&data.data_dir, &request).await?;
+            if json {
+                return print_json(&serde_json::to_value(&change)?);
+            }
+            if on {
+                println!(
+                    "Direct mode with {name}: {state}. Once {name} turns it on too, your nodes \
+                     connect directly and {name} can see your network (IP) address, and you \
+                     theirs.",
+                    name = change.name,
+                    state = change.direct.state
+                );
+            } else {
+                println!("Direct mode with {} is off.", change.name);
+            }
+            println!("{}", change.direct.detail);
+            return Ok(());
         }
     };
     if matches!(
@@ -359,6 +409,7 @@ fn print_entry(e: &HistoryEntry) {
             e.name,
             e.id.as_deref().unwrap_or_default()
         ),
+        "direct" => println!("[{when}] {text}"),
         "lookup-failed" => println!(
             "[{when}] {} was not found in the network yet; trying again",
             e.name
@@ -444,6 +495,14 @@ pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
     );
     if let Some(line) = status["reachability"].as_str() {
         println!("{line}");
+    }
+    for d in status["direct"].as_array().into_iter().flatten() {
+        println!(
+            "direct mode with {}: {} — {}",
+            d["contact"].as_str().unwrap_or_default(),
+            d["state"].as_str().unwrap_or_default(),
+            d["detail"].as_str().unwrap_or_default()
+        );
     }
     for b in status["bootstrap"].as_array().into_iter().flatten() {
         if b["connected"] == true {

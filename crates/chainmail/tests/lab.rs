@@ -249,3 +249,93 @@ fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
         || lab.status("hC", &carol)?["address"].as_str().map(|_| ()),
     );
 }
+
+/// Direct mode. Alice (home A) and bob (home B), both behind routers that
+/// keep a port mapping for every destination, agree to it: hole punching
+/// through a public node gives them a direct connection (its remote
+/// address is bob's router, not a relay, and packets now flow between the
+/// two routers), and messages travel over it. Carol sits behind a
+/// symmetric NAT: hole punching with her fails, status says so, and
+/// messages still arrive through the mixnet. Alice turning direct mode
+/// off closes the connection and messages go through the mixnet again.
+#[test]
+#[ignore = "needs root and nftables: run by scripts/test"]
+fn direct_mode_between_two_homes_and_the_mixnet_behind_a_symmetric_nat() {
+    let mut lab = Lab::up();
+    let network = start_public_network(&mut lab);
+    let client = ["--roles", "none", "--client"];
+    start_user(&mut lab, "hA", "alice", &network, &client);
+    let bob_address = start_user(&mut lab, "hB", "bob", &network, &client);
+    let carol_address = start_user(&mut lab, "hC", "carol", &network, &client);
+    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
+    befriend(&lab, ("hA", "alice"), ("hC", "carol"), &carol_address);
+    let alice = lab.path("alice");
+    let bob = lab.path("bob");
+    let carol = lab.path("carol");
+    assert_eq!(lab.count("rA", "rB"), 0, "nothing between the homes yet");
+
+    let detail = direct_on(&lab, ("hA", "alice"), ("hB", "bob"), "direct");
+    assert!(
+        detail.contains(&public_ip("rB")) && !detail.contains("p2p-circuit"),
+        "connected through {detail}"
+    );
+    let before = metric(
+        &lab,
+        "hB",
+        &bob,
+        "chainmail_direct_total{event=\"received\"}",
+    );
+    exchange(&lab, ("hA", "alice"), ("hB", "bob"), "d", 10);
+    exchange(&lab, ("hB", "bob"), ("hA", "alice"), "e", 10);
+    let received = metric(
+        &lab,
+        "hB",
+        &bob,
+        "chainmail_direct_total{event=\"received\"}",
+    );
+    assert!(received >= before + 10, "{before} -> {received}");
+    assert!(
+        lab.count("rA", "rB") > 0,
+        "the direct connection runs between the routers"
+    );
+
+    // Symmetric NAT: no direct connection, and the mixnet carries on.
+    let detail = direct_on(&lab, ("hA", "alice"), ("hC", "carol"), "failed");
+    assert!(detail.contains("mixnet"), "{detail}");
+    exchange(&lab, ("hA", "alice"), ("hC", "carol"), "f", 5);
+    exchange(&lab, ("hC", "carol"), ("hA", "alice"), "g", 5);
+    assert!(
+        metric(
+            &lab,
+            "hA",
+            &alice,
+            "chainmail_direct_total{event=\"hole_punch_failed\"}"
+        ) >= 1
+    );
+    let _ = carol;
+
+    // Off: bob is told, the link closes, messages still arrive.
+    let d = alice.to_str().unwrap();
+    lab.cli_ok("hA", &["contact", "direct", "bob", "off", "--data-dir", d]);
+    wait_for(&lab, "bob told", Duration::from_secs(120), || {
+        let (state, _) = direct_state(&lab, "hB", &bob, "alice")?;
+        (state == "asked").then_some(())
+    });
+    let before = metric(
+        &lab,
+        "hB",
+        &bob,
+        "chainmail_direct_total{event=\"received\"}",
+    );
+    exchange(&lab, ("hA", "alice"), ("hB", "bob"), "h", 3);
+    assert_eq!(
+        metric(
+            &lab,
+            "hB",
+            &bob,
+            "chainmail_direct_total{event=\"received\"}"
+        ),
+        before,
+        "nothing direct after off"
+    );
+}

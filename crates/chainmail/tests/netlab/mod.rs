@@ -406,11 +406,15 @@ pub fn metric(lab: &Lab, host: &str, data: &Path, name: &str) -> u64 {
     let info: Value =
         serde_json::from_slice(&std::fs::read(data.join("api.json")).unwrap()).unwrap();
     let port = info["port"].as_u64().unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns(host), "curl", "-s"])
-        .arg(format!("http://127.0.0.1:{port}/metrics"))
-        .output()
-        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let out = if lab.is_loopback() {
+        Command::new("curl").args(["-s", &url]).output().unwrap()
+    } else {
+        Command::new("ip")
+            .args(["netns", "exec", &lab.ns(host), "curl", "-s", &url])
+            .output()
+            .unwrap()
+    };
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| {
@@ -419,4 +423,111 @@ pub fn metric(lab: &Lab, host: &str, data: &Path, name: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Direct mode with `contact` as `host`'s status shows it: state and detail.
+pub fn direct_state(lab: &Lab, host: &str, data: &Path, contact: &str) -> Option<(String, String)> {
+    let s = lab.status(host, data)?;
+    s["direct"].as_array()?.iter().find_map(|d| {
+        (d["contact"] == contact).then(|| {
+            (
+                d["state"].as_str().unwrap_or_default().to_string(),
+                d["detail"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+    })
+}
+
+/// Both users turn direct mode on with each other; returns once both see
+/// `want` (e.g. "direct" or "failed"), with `a`'s detail line.
+pub fn direct_on(lab: &Lab, a: (&str, &str), b: (&str, &str), want: &str) -> String {
+    let (a_host, a_name) = a;
+    let (b_host, b_name) = b;
+    let a_data = lab.path(a_name);
+    let b_data = lab.path(b_name);
+    let out = lab.cli_ok(
+        a_host,
+        &[
+            "contact",
+            "direct",
+            b_name,
+            "on",
+            "--data-dir",
+            a_data.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("can see your network (IP) address"), "{out}");
+    // Bob is told, and asked.
+    wait_for(
+        lab,
+        "the direct-mode offer",
+        Duration::from_secs(120),
+        || {
+            let (state, detail) = direct_state(lab, b_host, &b_data, a_name)?;
+            (state == "offered").then_some(detail)
+        },
+    );
+    lab.cli_ok(
+        b_host,
+        &[
+            "contact",
+            "direct",
+            a_name,
+            "on",
+            "--data-dir",
+            b_data.to_str().unwrap(),
+        ],
+    );
+    let detail = wait_for(
+        lab,
+        &format!("direct mode {want} at {a_name}"),
+        Duration::from_secs(150),
+        || {
+            let (state, detail) = direct_state(lab, a_host, &a_data, b_name)?;
+            (state == want).then_some(detail)
+        },
+    );
+    wait_for(
+        lab,
+        &format!("direct mode {want} at {b_name}"),
+        Duration::from_secs(150),
+        || {
+            let (state, _) = direct_state(lab, b_host, &b_data, a_name)?;
+            (state == want).then_some(())
+        },
+    );
+    detail
+}
+
+/// `from` sends `count` messages to `to` (names prefixed by `tag`); waits
+/// until all arrived, exactly once and in order.
+pub fn exchange(lab: &Lab, from: (&str, &str), to: (&str, &str), tag: &str, count: usize) {
+    let from_data = lab.path(from.1);
+    let to_data = lab.path(to.1);
+    let want: Vec<String> = (0..count).map(|k| format!("{tag}{k:02}")).collect();
+    for text in &want {
+        lab.cli_ok(
+            from.0,
+            &[
+                "send",
+                to.1,
+                text,
+                "--data-dir",
+                from_data.to_str().unwrap(),
+            ],
+        );
+    }
+    wait_for(
+        lab,
+        &format!("{tag} messages"),
+        Duration::from_secs(180),
+        || {
+            let got: Vec<String> = texts(lab, to.0, &to_data)
+                .into_iter()
+                .filter(|t| t.starts_with(tag))
+                .collect();
+            assert!(got.len() <= count, "duplicates: {got:?}");
+            (got == want).then_some(())
+        },
+    );
 }
