@@ -327,12 +327,27 @@ impl Links {
         true
     }
 
-    pub(crate) fn on_closed(&mut self, peer: &PeerId, connection: ConnectionId) {
-        if let Some(c) = self.conns.get_mut(peer) {
-            c.remove(&connection);
-            if c.is_empty() {
-                self.conns.remove(peer);
-            }
+    /// A connection closed. A relayed one that leaves a direct-mode peer
+    /// with no connection at all means hole punching did not succeed (the
+    /// side that started it reports its own failure; this side only sees
+    /// the relayed connection end).
+    pub(crate) fn on_closed(&mut self, now: Instant, peer: &PeerId, connection: ConnectionId) {
+        let Some(c) = self.conns.get_mut(peer) else {
+            return;
+        };
+        let relayed = c.remove(&connection).is_some_and(|(_, relayed)| relayed);
+        if !c.is_empty() {
+            return;
+        }
+        self.conns.remove(peer);
+        if let Some(link) = self.peers.get_mut(peer)
+            && relayed
+            && link.failure.is_none()
+        {
+            link.fail(
+                now,
+                "hole punching did not succeed before the relayed connection ended".into(),
+            );
         }
     }
 
@@ -581,7 +596,7 @@ mod tests {
         a.on_established(large, relayed, &circuit(large), true);
         let closed = a.on_hole_punch(t0, &large, Err("no route".into()));
         assert_eq!(closed, vec![relayed]);
-        a.on_closed(&large, relayed);
+        a.on_closed(t0, &large, relayed);
         assert!(matches!(
             a.report()[0].state,
             LinkState::Failed { attempts: 1, .. }
@@ -596,6 +611,34 @@ mod tests {
         // Second failure: twice the wait.
         assert!(a.take_todo(t0 + REDIAL * 2).dial.is_empty());
         assert_eq!(a.take_todo(t0 + REDIAL * 3).dial.len(), 1);
+    }
+
+    #[test]
+    fn a_relayed_connection_ending_alone_is_a_failure_on_the_quiet_side() {
+        let (small, large) = peers();
+        let t0 = crate::limiter::now();
+        let mut b = Links::new(large);
+        b.set_plan(
+            t0,
+            DirectPlan {
+                relays: vec![],
+                peers: vec![(small, vec![circuit(small)])],
+            },
+        );
+        let relayed = ConnectionId::new_unchecked(3);
+        b.on_established(small, relayed, &circuit(small), true);
+        b.on_closed(t0, &small, relayed);
+        assert!(matches!(
+            b.report()[0].state,
+            LinkState::Failed { attempts: 1, .. }
+        ));
+        // Still failed while the next attempt is relayed; cleared by a
+        // direct connection.
+        b.on_established(small, relayed, &circuit(small), true);
+        assert!(matches!(b.report()[0].state, LinkState::Failed { .. }));
+        let remote: Multiaddr = "/ip4/198.18.0.101/tcp/5000".parse().unwrap();
+        b.on_established(small, ConnectionId::new_unchecked(4), &remote, false);
+        assert_eq!(b.report()[0].state, LinkState::Direct { remote });
     }
 
     #[test]

@@ -1313,7 +1313,7 @@ impl Driver {
                 ..
             } => {
                 dec(&self.counters.connections);
-                self.links.on_closed(&peer_id, connection_id);
+                self.links.on_closed(now(), &peer_id, connection_id);
                 self.report_links();
                 if endpoint.is_dialer()
                     && let Some(n) = self.dialed.get_mut(&peer_id)

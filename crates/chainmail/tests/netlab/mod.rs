@@ -15,9 +15,17 @@ const NETLAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/netlab"
 
 pub const PUBLIC: [&str; 6] = ["pub1", "pub2", "pub3", "pub4", "pub5", "pub6"];
 
+/// A public host's or a home router's address on the lab's internet.
 pub fn public_ip(host: &str) -> String {
-    let n: u32 = host.trim_start_matches("pub").parse().unwrap();
-    format!("198.18.0.{}", 10 + n)
+    match host {
+        "rA" => "198.18.0.101".into(),
+        "rB" => "198.18.0.102".into(),
+        "rC" => "198.18.0.103".into(),
+        _ => {
+            let n: u32 = host.trim_start_matches("pub").parse().unwrap();
+            format!("198.18.0.{}", 10 + n)
+        }
+    }
 }
 
 /// One lab: its namespaces, its processes and its files. Everything is
