@@ -121,9 +121,13 @@ struct Link {
 }
 
 impl Link {
+    /// Direct once a direct connection is up and the relayed ones are
+    /// gone (a request could otherwise go out on a relayed one, which the
+    /// other side refuses).
     fn state(&self, conns: Option<&Connections>) -> LinkState {
         let direct = conns.and_then(|c| c.values().find(|(_, relayed)| !relayed));
-        if let Some((remote, _)) = direct {
+        let relayed = conns.is_some_and(|c| c.values().any(|(_, relayed)| *relayed));
+        if let Some((remote, _)) = direct.filter(|_| !relayed) {
             LinkState::Direct {
                 remote: remote.clone(),
             }
@@ -133,6 +137,8 @@ impl Link {
                 attempts: self.attempts,
             }
         } else if conns.is_some_and(|c| !c.is_empty()) {
+            // Hole punching under way, or done with the relayed connection
+            // still closing.
             LinkState::Relayed
         } else {
             LinkState::Connecting
@@ -269,14 +275,13 @@ impl Links {
         self.conns.get(peer).is_some_and(|c| !c.is_empty())
     }
 
-    /// Whether a direct (not relayed) connection to `peer`, a direct-mode
-    /// peer, is up.
+    /// Whether `peer`, a direct-mode peer, is reached only over direct
+    /// connections: requests to it then never go through a relay.
     pub(crate) fn is_direct(&self, peer: &PeerId) -> bool {
         self.wants(peer)
-            && self
-                .conns
-                .get(peer)
-                .is_some_and(|c| c.values().any(|(_, relayed)| !relayed))
+            && self.conns.get(peer).is_some_and(|c| {
+                c.values().any(|(_, relayed)| !relayed) && c.values().all(|(_, relayed)| !relayed)
+            })
     }
 
     /// Whether a request from `peer` on `connection` may be taken: only
@@ -291,7 +296,7 @@ impl Links {
     }
 
     /// The relayed connections to `peer`.
-    fn relayed(&self, peer: &PeerId) -> Vec<ConnectionId> {
+    pub(crate) fn relayed(&self, peer: &PeerId) -> Vec<ConnectionId> {
         self.conns
             .get(peer)
             .map(|c| {
@@ -557,8 +562,11 @@ mod tests {
         let remote: Multiaddr = "/ip4/198.18.0.102/udp/5000/quic-v1".parse().unwrap();
         assert!(a.on_established(large, direct, &remote, false));
         assert!(a.accepts(&large, direct));
-        assert!(a.is_direct(&large));
+        assert!(!a.is_direct(&large), "not while the relayed one is open");
+        assert!(a.changes().is_empty(), "still relayed");
         assert_eq!(a.take_todo(t0).close, vec![relayed]);
+        a.on_closed(t0, &large, relayed);
+        assert!(a.is_direct(&large));
         assert_eq!(a.changes(), vec![(large, LinkState::Direct { remote })]);
         assert!(a.changes().is_empty(), "reported once");
         // Kept open.
@@ -638,6 +646,7 @@ mod tests {
         assert!(matches!(b.report()[0].state, LinkState::Failed { .. }));
         let remote: Multiaddr = "/ip4/198.18.0.101/tcp/5000".parse().unwrap();
         b.on_established(small, ConnectionId::new_unchecked(4), &remote, false);
+        b.on_closed(t0, &small, relayed);
         assert_eq!(b.report()[0].state, LinkState::Direct { remote });
     }
 

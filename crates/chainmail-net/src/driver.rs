@@ -1302,6 +1302,11 @@ impl Driver {
                     // link with: relays carry only direct mode's handshake.
                     inc(&self.counters.direct_refused);
                     self.swarm.close_connection(connection_id);
+                } else if !endpoint.is_relayed() && self.links.wants(&peer_id) {
+                    // Direct now: the relayed connection goes at once.
+                    for relayed in self.links.relayed(&peer_id) {
+                        self.swarm.close_connection(relayed);
+                    }
                 }
                 self.report_links();
             }

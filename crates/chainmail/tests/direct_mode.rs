@@ -59,20 +59,12 @@ fn two_users_agree_to_direct_mode_and_messages_skip_the_mixnet() {
     let before = received(&lab);
     exchange(&lab, ("hA", "alice"), ("hB", "bob"), "d", 5);
     exchange(&lab, ("hB", "bob"), ("hA", "alice"), "e", 5);
-    let all = |lab: &Lab, host: &str, data: &std::path::Path| {
-        ["sent", "received", "refused", "fallback", "agent_refused"]
-            .map(|e| {
-                let name = format!("chainmail_direct_total{{event=\"{e}\"}}");
-                format!("{e}={}", metric(lab, host, data, &name))
-            })
-            .join(" ")
-    };
     assert!(
         received(&lab) >= before + 5,
         "{before} -> {}: alice {}, bob {}",
         received(&lab),
-        all(&lab, "hA", &alice),
-        all(&lab, "hB", &bob)
+        direct_metrics(&lab, "hA", &alice),
+        direct_metrics(&lab, "hB", &bob)
     );
 
     // Off: bob is told; messages go through the mixnet again.

@@ -539,3 +539,21 @@ pub fn exchange(lab: &Lab, from: (&str, &str), to: (&str, &str), tag: &str, coun
         },
     );
 }
+
+/// A node's direct-mode counters, in one line (for failure messages).
+pub fn direct_metrics(lab: &Lab, host: &str, data: &Path) -> String {
+    [
+        "sent",
+        "received",
+        "refused",
+        "fallback",
+        "agent_refused",
+        "hole_punch_ok",
+        "hole_punch_failed",
+    ]
+    .map(|e| {
+        let name = format!("chainmail_direct_total{{event=\"{e}\"}}");
+        format!("{e}={}", metric(lab, host, data, &name))
+    })
+    .join(" ")
+}
