@@ -25,8 +25,9 @@ pub struct PeerEntry {
 
 /// At most this many addresses per peer entry.
 pub const MAX_ADDRS: usize = 4;
-/// At most this many bytes per address.
-pub const MAX_ADDR_LEN: usize = 128;
+/// At most this many bytes per address (a relayed address names two peer
+/// ids: `/ip4/…/tcp/…/p2p/<relay>/p2p-circuit/p2p/<node>` is about 150).
+pub const MAX_ADDR_LEN: usize = 256;
 /// At most this many entries in an invite or a rendezvous record.
 pub const MAX_PEERS: usize = 16;
 

@@ -512,7 +512,11 @@ impl<S: Storage> Agent<S> {
             }
             Input::Stamp { job, stamp } => self.messenger.handle_stamp(job, stamp),
             Input::SwarmIdentity { peer, addrs } => {
-                let addrs = addrs.into_iter().take(chainmail_chain::MAX_ADDRS).collect();
+                let addrs = addrs
+                    .into_iter()
+                    .filter(|a| a.len() <= chainmail_chain::MAX_ADDR_LEN)
+                    .take(chainmail_chain::MAX_ADDRS)
+                    .collect();
                 self.swarm_identity = Some((peer, addrs));
                 self.hub.me = self.me(now);
             }
@@ -826,7 +830,7 @@ impl<S: Storage> Agent<S> {
         for entry in self.shown.drain(..) {
             self.outputs.push_back(Output::Shown(entry));
         }
-        if let Some(plan) = self.direct.take_plan() {
+        if let Some(plan) = self.direct.take_plan(self.hub.in_any()) {
             self.outputs.push_back(Output::Direct(plan));
         }
 

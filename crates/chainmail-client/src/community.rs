@@ -335,6 +335,12 @@ impl Hub {
     }
 
     /// Work to do on the swarm or through the mixnet.
+    /// Whether the account belongs to any community (its node then takes
+    /// other members' connections, relayed through their providers).
+    pub(crate) fn in_any(&self) -> bool {
+        !self.communities.is_empty()
+    }
+
     pub(crate) fn poll_action(&mut self) -> Option<NetAction> {
         self.actions.pop_front()
     }

@@ -159,6 +159,11 @@ pub struct DirectPlan {
     pub reserve: bool,
     /// Peers to link with (both consented), with their addresses.
     pub peers: Vec<Card>,
+    /// Take connections relayed through this node's providers from any
+    /// peer (the account is in a community: other members reach its node
+    /// through its providers, and hole punching may make that direct).
+    /// Direct-mode messages are still taken only from `peers`.
+    pub members: bool,
 }
 
 /// Direct-mode state of one account.
@@ -285,9 +290,10 @@ impl Direct {
     }
 
     /// The plan, if it changed since last taken.
-    pub(crate) fn take_plan(&mut self) -> Option<DirectPlan> {
+    pub(crate) fn take_plan(&mut self, members: bool) -> Option<DirectPlan> {
         let plan = DirectPlan {
-            reserve: self.consents.values().any(|c| c.mine),
+            members,
+            reserve: members || self.consents.values().any(|c| c.mine),
             peers: self
                 .consents
                 .values()
@@ -406,14 +412,14 @@ mod tests {
             d.set_mine(&mut w, bob, true),
             Ok(Letter::Offer(d.card.clone().unwrap()))
         );
-        let plan = d.take_plan().unwrap();
+        let plan = d.take_plan(false).unwrap();
         assert!(plan.reserve && plan.peers.is_empty());
         assert_eq!(d.view(&bob, "bob").state, "asked");
 
         let offer = Letter::Offer(card()).encode();
         assert_eq!(d.handle_letter(&mut w, bob, &offer), Some(Ok(true)));
-        assert_eq!(d.take_plan().unwrap().peers, vec![card()]);
-        assert!(d.take_plan().is_none(), "unchanged");
+        assert_eq!(d.take_plan(false).unwrap().peers, vec![card()]);
+        assert!(d.take_plan(false).is_none(), "unchanged");
         assert_eq!(d.view(&bob, "bob").state, "connecting");
         assert_eq!(d.contact_of(&card().peer), Some(bob));
         assert_eq!(d.direct_peer(&bob), None, "not connected yet");
@@ -423,7 +429,7 @@ mod tests {
 
         let withdraw = Letter::Withdraw.encode();
         assert_eq!(d.handle_letter(&mut w, bob, &withdraw), Some(Ok(false)));
-        assert!(d.take_plan().unwrap().peers.is_empty());
+        assert!(d.take_plan(false).unwrap().peers.is_empty());
         assert_eq!(d.direct_peer(&bob), None);
         assert_eq!(d.contact_of(&card().peer), None);
         assert_eq!(d.view(&bob, "bob").state, "asked");

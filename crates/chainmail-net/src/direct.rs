@@ -60,6 +60,11 @@ pub struct DirectPlan {
     /// The peers to link with, with the relayed addresses they gave
     /// (`…/p2p-circuit/p2p/<peer>`). At most [`MAX_DIRECT_PEERS`].
     pub peers: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Also take relayed connections from peers not in `peers` (community
+    /// members reaching this node through its relays); hole punching runs
+    /// on them too. Direct-mode requests are still taken only from
+    /// `peers`.
+    pub accept_relayed: bool,
 }
 
 /// Where the link with one peer stands.
@@ -190,6 +195,8 @@ pub(crate) struct Links {
     conns: HashMap<PeerId, Connections>,
     /// Peers whose link ended, to disconnect.
     ended: Vec<PeerId>,
+    /// [`DirectPlan::accept_relayed`].
+    accept_relayed: bool,
 }
 
 impl Links {
@@ -200,6 +207,7 @@ impl Links {
             peers: HashMap::new(),
             conns: HashMap::new(),
             ended: Vec::new(),
+            accept_relayed: false,
         }
     }
 
@@ -207,6 +215,7 @@ impl Links {
     /// returned (they are ignored).
     pub(crate) fn set_plan(&mut self, now: Instant, plan: DirectPlan) -> usize {
         let mut ignored = 0;
+        self.accept_relayed = plan.accept_relayed;
         let mut relays: Vec<Multiaddr> = plan.relays;
         relays.dedup();
         if relays.len() > MAX_RELAYS {
@@ -318,7 +327,7 @@ impl Links {
         relayed: bool,
     ) -> bool {
         match self.peers.get_mut(&peer) {
-            None if relayed => return false,
+            None if relayed && !self.accept_relayed => return false,
             Some(link) if !relayed => {
                 link.failure = None;
                 link.attempts = 0;
@@ -519,6 +528,7 @@ mod tests {
         a.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![],
                 peers: vec![(large, vec![circuit(large)])],
             },
@@ -531,6 +541,7 @@ mod tests {
         b.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![],
                 peers: vec![(small, vec![circuit(small)])],
             },
@@ -547,6 +558,7 @@ mod tests {
         a.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![],
                 peers: vec![(large, vec![circuit(large)])],
             },
@@ -582,6 +594,7 @@ mod tests {
         a.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![],
                 peers: vec![(large, vec![circuit(large)])],
             },
@@ -629,6 +642,7 @@ mod tests {
         b.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![],
                 peers: vec![(small, vec![circuit(small)])],
             },
@@ -651,6 +665,29 @@ mod tests {
     }
 
     #[test]
+    fn community_members_come_in_through_the_relay_but_send_nothing_direct() {
+        let (small, large) = peers();
+        let member = PeerId::random();
+        let t0 = crate::limiter::now();
+        let mut a = Links::new(small);
+        a.set_plan(
+            t0,
+            DirectPlan {
+                accept_relayed: true,
+                relays: vec![],
+                peers: vec![(large, vec![])],
+            },
+        );
+        let c = ConnectionId::new_unchecked(9);
+        assert!(a.on_established(member, c, &circuit(member), true));
+        let d = ConnectionId::new_unchecked(10);
+        let remote: Multiaddr = "/ip4/198.18.0.103/tcp/6000".parse().unwrap();
+        assert!(a.on_established(member, d, &remote, false));
+        assert!(!a.accepts(&member, d), "not a direct-mode peer");
+        assert!(a.report().iter().all(|l| l.peer != member));
+    }
+
+    #[test]
     fn reservations_follow_the_plan_and_ended_links_disconnect() {
         let (small, large) = peers();
         let t0 = crate::limiter::now();
@@ -664,6 +701,7 @@ mod tests {
         a.set_plan(
             t0,
             DirectPlan {
+                accept_relayed: false,
                 relays: vec![relay.clone()],
                 peers: vec![(large, vec![])],
             },

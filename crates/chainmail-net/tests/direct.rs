@@ -86,6 +86,7 @@ async fn two_nodes_punch_through_a_relay_and_strangers_stay_out() {
         // Each holds a reservation at the relay before the other dials.
         for node in [&mut a, &mut b] {
             let plan = DirectPlan {
+                accept_relayed: false,
                 relays: vec![circuit(&relay.addr)],
                 peers: Vec::new(),
             };
@@ -95,6 +96,7 @@ async fn two_nodes_punch_through_a_relay_and_strangers_stay_out() {
         let (a_peer, b_peer) = (a.peer, b.peer);
         a.handle
             .set_direct(DirectPlan {
+                accept_relayed: false,
                 relays: vec![circuit(&relay.addr)],
                 peers: vec![(b_peer, vec![through(&relay.addr, b_peer)])],
             })
@@ -102,6 +104,7 @@ async fn two_nodes_punch_through_a_relay_and_strangers_stay_out() {
             .unwrap();
         b.handle
             .set_direct(DirectPlan {
+                accept_relayed: false,
                 relays: vec![circuit(&relay.addr)],
                 peers: vec![(a_peer, vec![through(&relay.addr, a_peer)])],
             })
@@ -163,6 +166,7 @@ async fn two_nodes_punch_through_a_relay_and_strangers_stay_out() {
         stranger
             .handle
             .set_direct(DirectPlan {
+                accept_relayed: false,
                 relays: Vec::new(),
                 peers: vec![(b_peer, Vec::new())],
             })

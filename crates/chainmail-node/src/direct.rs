@@ -113,7 +113,11 @@ impl DirectHost {
                 Some((peer, addrs))
             })
             .collect();
-        chainmail_net::DirectPlan { relays, peers }
+        chainmail_net::DirectPlan {
+            relays,
+            peers,
+            accept_relayed: self.plan.members,
+        }
     }
 }
 
@@ -181,6 +185,7 @@ mod tests {
         assert!(host.net_plan(AddressScope::Public).relays.is_empty());
         let (_, bob) = node();
         host.set_plan(DirectPlan {
+            members: false,
             reserve: true,
             peers: vec![Card {
                 peer: bob.to_bytes(),

@@ -529,13 +529,23 @@ impl Runtime {
                 }
             }
             NetEvent::ListeningOn { addr } => {
-                self.listen_addrs.push(addr);
+                let relayed = addr
+                    .iter()
+                    .any(|p| p == chainmail_net::multiaddr::Protocol::P2pCircuit);
+                if !relayed {
+                    self.listen_addrs.push(addr);
+                }
                 self.next_publish = now;
-                let identity = Input::SwarmIdentity {
-                    peer: self.net.local_peer_id().to_bytes(),
-                    addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
-                };
-                self.give_agent(now, identity);
+                // On a local network community members reach each other at
+                // their listen addresses; on a public one through their
+                // providers (see `update_direct_card`).
+                if self.opts.network.network.scope() == chainmail_net::AddressScope::Local {
+                    let identity = Input::SwarmIdentity {
+                        peer: self.net.local_peer_id().to_bytes(),
+                        addrs: self.listen_addrs.iter().map(|a| a.to_string()).collect(),
+                    };
+                    self.give_agent(now, identity);
+                }
             }
             NetEvent::AddressConfirmed { addr } if !self.announced.contains(&addr) => {
                 info!(%addr, "others can reach this node at");
@@ -952,14 +962,20 @@ impl Runtime {
             .collect();
         let scope = self.opts.network.network.scope();
         let me = self.net.local_peer_id();
-        // A client's own addresses are announced only on a local network;
-        // on a public one it is reached through its providers.
-        let own: &[Multiaddr] = if scope == chainmail_net::AddressScope::Local {
-            &self.announced
-        } else {
-            &[]
-        };
-        if let Some(card) = self.direct.update_card(me, scope, &providers, own) {
+        // Its own confirmed addresses (a public node's; a client behind a
+        // router has none), then relayed ones through its providers.
+        if let Some(card) = self
+            .direct
+            .update_card(me, scope, &providers, &self.announced)
+        {
+            if scope == chainmail_net::AddressScope::Public {
+                // Community members reach this node the same way.
+                let identity = Input::SwarmIdentity {
+                    peer: card.peer.clone(),
+                    addrs: card.addrs.clone(),
+                };
+                self.give_agent(now, identity);
+            }
             self.give_agent(now, Input::DirectCard(card));
             self.push_direct_plan();
         }

@@ -355,3 +355,100 @@ fn direct_mode_between_two_homes_and_the_mixnet_behind_a_symmetric_nat() {
         "nothing direct after off"
     );
 }
+
+/// A community of three users in three homes (two behind
+/// endpoint-independent NAT, one behind symmetric NAT). Members' nodes
+/// reach each other through their providers' relays (hole punching makes
+/// it direct where the routers allow): everyone's posts reach everyone,
+/// and a removed member reads nothing posted after.
+#[test]
+#[ignore = "needs root and nftables: run by scripts/test"]
+fn a_community_across_three_homes_converges_and_a_removed_member_is_locked_out() {
+    let mut lab = Lab::up();
+    let network = start_public_network(&mut lab);
+    let client = ["--roles", "none", "--client"];
+    start_user(&mut lab, "hA", "alice", &network, &client);
+    let bob_address = start_user(&mut lab, "hB", "bob", &network, &client);
+    let carol_address = start_user(&mut lab, "hC", "carol", &network, &client);
+    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
+    befriend(&lab, ("hA", "alice"), ("hC", "carol"), &carol_address);
+    let members = [("hA", "alice"), ("hB", "bob"), ("hC", "carol")];
+
+    let created = community(&lab, "hA", "alice", &["create", "garden"]);
+    assert_eq!(created["role"], "owner");
+    for (host, name) in &members[1..] {
+        community(&lab, "hA", "alice", &["invite", "garden", name]);
+        let token = wait_for(&lab, "the invitation", Duration::from_secs(180), || {
+            community(&lab, host, name, &["invites"])
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .and_then(|i| i["token"].as_str().map(str::to_string))
+        });
+        community(&lab, host, name, &["join", &token]);
+    }
+    for (host, name) in &members[1..] {
+        wait_for(
+            &lab,
+            &format!("{name} admitted"),
+            Duration::from_secs(240),
+            || {
+                community(&lab, host, name, &["list"])
+                    .as_array()
+                    .and_then(|a| a.first().cloned())
+                    .is_some_and(|c| c["admitted"] == true)
+                    .then_some(())
+            },
+        );
+    }
+    for (host, name) in &members {
+        community(
+            &lab,
+            host,
+            name,
+            &["post", "garden", &format!("hello from {name}")],
+        );
+    }
+    for (host, name) in &members {
+        wait_for(
+            &lab,
+            &format!("{name} sees all three posts"),
+            Duration::from_secs(240),
+            || {
+                let posts = community_posts(&lab, host, name, "garden");
+                members
+                    .iter()
+                    .all(|(_, n)| posts.contains(&format!("hello from {n}")))
+                    .then_some(())
+            },
+        );
+    }
+
+    // Carol removed: bob's next post reaches alice, never carol.
+    community(&lab, "hA", "alice", &["remove", "garden", "carol"]);
+    wait_for(
+        &lab,
+        "bob sees the removal",
+        Duration::from_secs(240),
+        || {
+            let m = community(&lab, "hB", "bob", &["members", "garden"]);
+            (!m.to_string().contains("\"carol\"")).then_some(())
+        },
+    );
+    community(&lab, "hB", "bob", &["post", "garden", "after carol left"]);
+    wait_for(
+        &lab,
+        "alice sees the post",
+        Duration::from_secs(240),
+        || {
+            community_posts(&lab, "hA", "alice", "garden")
+                .contains(&"after carol left".to_string())
+                .then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let carol_posts = community_posts(&lab, "hC", "carol", "garden");
+    assert!(
+        !carol_posts.contains(&"after carol left".to_string()),
+        "a removed member read a later post: {carol_posts:?}"
+    );
+}

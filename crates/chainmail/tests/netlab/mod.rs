@@ -557,3 +557,34 @@ pub fn direct_metrics(lab: &Lab, host: &str, data: &Path) -> String {
     })
     .join(" ")
 }
+
+/// `chainmail community ARGS --json` as `name` on `host`.
+pub fn community(lab: &Lab, host: &str, name: &str, args: &[&str]) -> Value {
+    let data = lab.path(name);
+    let mut all = vec!["community"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--data-dir", data.to_str().unwrap()]);
+    serde_json::from_str(&lab.cli_ok(host, &all)).unwrap()
+}
+
+/// The posts of community `community` as `name` sees them, in order.
+pub fn community_posts(lab: &Lab, host: &str, name: &str, community: &str) -> Vec<String> {
+    let data = lab.path(name);
+    let out = lab.cli(
+        host,
+        &[
+            "community",
+            "log",
+            community,
+            "--json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("post")))
+        .filter_map(|e| e["text"].as_str().map(str::to_string))
+        .collect()
+}
