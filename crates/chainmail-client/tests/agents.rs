@@ -174,6 +174,7 @@ impl Run {
                 providers: PROVIDERS,
                 mixes: MIXES,
                 replay_capacity: 100_000,
+                max_queued: 200_000,
             },
             &mut rng,
             START,

@@ -271,14 +271,15 @@ impl EpochDirectory {
 }
 
 /// A draw from the exponential distribution with the given mean, in whole
-/// milliseconds (capped at ten minutes, far beyond any sensible mean).
+/// milliseconds, cut at [`MAX_DELAY_FACTOR`](crate::MAX_DELAY_FACTOR)
+/// times the mean (what mixes accept).
 pub fn exponential_ms<R: Rng + ?Sized>(rng: &mut R, mean_ms: f64) -> u32 {
     if mean_ms <= 0.0 {
         return 0;
     }
     let u: f64 = rng.random(); // [0, 1)
     let x = -(1.0 - u).ln() * mean_ms;
-    x.min(600_000.0) as u32
+    x.min(mean_ms * crate::MAX_DELAY_FACTOR) as u32
 }
 
 #[cfg(test)]

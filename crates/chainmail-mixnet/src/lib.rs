@@ -24,7 +24,7 @@ pub use error::MixnetError;
 pub use keys::{KeyRing, Rotation};
 pub use mailbox::{MailboxStore, MemoryMailboxes};
 pub use node::{DropReason, Node, NodeConfig, NodeEvent, NodeStats, Transmit};
-pub use params::{Params, Preset, TrafficRates};
+pub use params::{MAX_DELAY_FACTOR, Params, Preset, TrafficRates};
 pub use replay::ReplayFilter;
 pub use service::{Answer, Errand, ErrandId};
 pub use time::Time;

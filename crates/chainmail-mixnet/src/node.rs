@@ -111,6 +111,12 @@ pub enum DropReason {
     Replay,
     /// Delay queue full.
     QueueFull,
+    /// The delay queue is under pressure and the packet's sender already
+    /// holds its fair share of it.
+    QueueShare,
+    /// The sender asked for a per-hop delay beyond what the network's
+    /// preset allows ([`TrafficRates::max_delay_ms`](crate::TrafficRates::max_delay_ms)).
+    DelayTooLong,
     /// Mailbox over quota.
     Quota,
     /// Delivery to a mailbox at a node that is not a provider.
@@ -132,6 +138,8 @@ impl DropReason {
             DropReason::Auth => "auth",
             DropReason::Replay => "replay",
             DropReason::QueueFull => "queue_full",
+            DropReason::QueueShare => "queue_share",
+            DropReason::DelayTooLong => "delay_too_long",
             DropReason::Quota => "quota",
             DropReason::NotProvider => "not_provider",
             DropReason::Store => "store",
@@ -180,6 +188,18 @@ struct Queued {
     seq: u64,
 }
 
+/// Where a packet came from, as far as the delay queue's fair shares go:
+/// a keyed hash of the neighbour's peer id (0 for packets made here).
+type Source = u64;
+
+/// Packets made by this node (SURB replies of errands).
+const LOCAL: Source = 0;
+
+/// Below this fill (a fraction of `max_queued`) any neighbour may queue
+/// packets; above, each of the `n` neighbours holding packets may hold at
+/// most `max_queued / (n + 1)`, so that there is always room for one more.
+const SHARE_FROM: f64 = 0.5;
+
 struct PendingErrand {
     id: ErrandId,
     surbs: Vec<chainmail_packet::Surb>,
@@ -206,7 +226,11 @@ pub struct Node<S: MailboxStore> {
     replay: BTreeMap<Epoch, ReplayFilter>,
     new_tags: Vec<(Epoch, ReplayTag)>,
     queue: BinaryHeap<Reverse<Queued>>,
-    queued: HashMap<u64, Transmit>,
+    queued: HashMap<u64, (Transmit, Source)>,
+    /// Packets queued per source (only sources with some).
+    per_source: HashMap<Source, usize>,
+    /// Key of the source hash.
+    source_key: [u8; 32],
     next_seq: u64,
     store: S,
     directories: BTreeMap<Epoch, Arc<EpochDirectory>>,
@@ -235,11 +259,16 @@ impl<S: MailboxStore> Node<S> {
     pub fn new(config: NodeConfig, identity: SigningKey, store: S, seed: [u8; 32]) -> Self {
         let id = NodeId(identity.verifying_key().to_bytes());
         let max_errands = config.max_errands;
+        let mut rng = StdRng::from_seed(seed);
+        let mut source_key = [0u8; 32];
+        rng.fill_bytes(&mut source_key);
         Node {
             config,
             identity,
             id,
-            rng: StdRng::from_seed(seed),
+            rng,
+            per_source: HashMap::new(),
+            source_key,
             keys: KeyRing::new(),
             replay: BTreeMap::new(),
             new_tags: Vec::new(),
@@ -332,8 +361,32 @@ impl<S: MailboxStore> Node<S> {
         .sign(&self.identity)
     }
 
-    /// Handles a packet received from another node or from a client.
+    /// Handles a packet received from another node or from a client,
+    /// without naming the neighbour it came from (all such packets share
+    /// one part of the delay queue). A driver that knows the neighbour
+    /// uses [`Node::handle_packet_from`].
     pub fn handle_packet(&mut self, now: Time, bytes: &[u8]) {
+        self.handle_from(now, LOCAL, bytes);
+    }
+
+    /// Handles a packet from the neighbour `from` (its peer id, or any
+    /// stable name of the link): when the delay queue fills up, each
+    /// neighbour may hold only an equal share of it, so one flooding
+    /// neighbour cannot starve the others.
+    pub fn handle_packet_from(&mut self, now: Time, from: &[u8], bytes: &[u8]) {
+        let source = self.source_of(from);
+        self.handle_from(now, source, bytes);
+    }
+
+    fn source_of(&self, from: &[u8]) -> Source {
+        let hash = blake3::keyed_hash(&self.source_key, from);
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&hash.as_bytes()[..8]);
+        // Never the local source.
+        u64::from_le_bytes(bytes).max(1)
+    }
+
+    fn handle_from(&mut self, now: Time, source: Source, bytes: &[u8]) {
         self.stats.packets_in += 1;
         let packet = match Packet::from_bytes(bytes) {
             Ok(p) => p,
@@ -365,12 +418,16 @@ impl<S: MailboxStore> Node<S> {
                 delay_ms,
                 packet,
             } => {
+                if delay_ms > self.config.params.rates.max_delay_ms() {
+                    return self.drop(DropReason::DelayTooLong);
+                }
                 self.stats.delay_sum_ms += u64::from(delay_ms);
                 self.stats.delay_count += 1;
                 self.stats.delay_sum_sq_ms += f64::from(delay_ms).powi(2);
                 self.enqueue(
                     now + Duration::from_millis(u64::from(delay_ms)),
                     Transmit { to: next, packet },
+                    source,
                 );
             }
             Action::Deliver {
@@ -474,14 +531,33 @@ impl<S: MailboxStore> Node<S> {
         *self.stats.dropped.entry(reason).or_default() += 1;
     }
 
-    fn enqueue(&mut self, at: Time, transmit: Transmit) {
-        if self.queued.len() >= self.config.max_queued {
+    fn enqueue(&mut self, at: Time, transmit: Transmit, source: Source) {
+        let max = self.config.max_queued;
+        if self.queued.len() >= max {
             return self.drop(DropReason::QueueFull);
+        }
+        let held = self.per_source.get(&source).copied().unwrap_or(0);
+        if self.queued.len() as f64 >= max as f64 * SHARE_FROM {
+            // Under pressure: an equal share each among the sources that
+            // hold packets (this one included), with room for a newcomer.
+            let sources = self.per_source.len() + usize::from(held == 0);
+            if held >= max / (sources + 1) {
+                return self.drop(DropReason::QueueShare);
+            }
         }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.push(Reverse(Queued { at, seq }));
-        self.queued.insert(seq, transmit);
+        self.queued.insert(seq, (transmit, source));
+        *self.per_source.entry(source).or_default() += 1;
+    }
+
+    /// Packets queued for each source, largest first (for tests and
+    /// reports).
+    pub fn queue_shares(&self) -> Vec<usize> {
+        let mut all: Vec<usize> = self.per_source.values().copied().collect();
+        all.sort_unstable_by(|a, b| b.cmp(a));
+        all
     }
 
     fn loop_returned(&mut self, now: Time, nonce: &[u8]) {
@@ -604,7 +680,13 @@ impl<S: MailboxStore> Node<S> {
             }
             let seq = head.seq;
             self.queue.pop();
-            if let Some(t) = self.queued.remove(&seq) {
+            if let Some((t, source)) = self.queued.remove(&seq) {
+                if let Some(n) = self.per_source.get_mut(&source) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.per_source.remove(&source);
+                    }
+                }
                 self.stats.packets_out += 1;
                 self.outbox.push_back(t);
             }

@@ -80,7 +80,22 @@ pub struct TrafficRates {
     pub mean_delay_ms: f64,
 }
 
+/// A sender draws each per-hop delay from the exponential distribution,
+/// cut at this many times the mean; a mix refuses a packet asking for
+/// more. Cutting there changes one draw in 22,000 (e^-10), and bounds how
+/// long anyone can make a mix hold a packet (a delay queue filled with
+/// packets held for weeks would starve everyone else).
+pub const MAX_DELAY_FACTOR: f64 = 10.0;
+
 impl TrafficRates {
+    /// The longest per-hop delay a mix accepts, in ms
+    /// ([`MAX_DELAY_FACTOR`] times the mean, at least 1).
+    pub fn max_delay_ms(&self) -> u32 {
+        (self.mean_delay_ms * MAX_DELAY_FACTOR)
+            .ceil()
+            .clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
     /// Packets per second a client sends when it has nothing to say.
     pub fn client_packets_per_s(&self) -> f64 {
         self.payload_per_s + self.loop_per_s + self.drop_per_s

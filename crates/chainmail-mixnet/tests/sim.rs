@@ -31,6 +31,8 @@ struct SimConfig {
     epoch: Option<Duration>,
     /// Overrides the preset's payload rate λP.
     payload_per_s: Option<f64>,
+    /// Delay queue size per node (default 200,000).
+    max_queued: Option<usize>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -176,6 +178,7 @@ impl Sim {
                 providers: provider_count,
                 mixes: node_count - provider_count,
                 replay_capacity: 200_000,
+                max_queued: cfg.max_queued.unwrap_or(200_000),
             },
             &mut rng,
             START,
@@ -234,7 +237,12 @@ impl Sim {
         self.sim.step_to(until);
     }
 
-    fn run(mut self) -> Outcome {
+    fn run(self) -> Outcome {
+        self.run_with(|_| {})
+    }
+
+    /// [`Sim::run`], calling `attack` before each scheduled message.
+    fn run_with(mut self, mut attack: impl FnMut(&mut Sim)) -> Outcome {
         // Messages: each client sends to the next one, at random times in
         // the first minute.
         let clients = self.clients.len();
@@ -254,6 +262,7 @@ impl Sim {
         schedule.sort();
         for (at, from) in schedule {
             self.step_to(at);
+            attack(&mut self);
             let to = (from + 1) % clients;
             let address = self.clients[to].address();
             let body = format!("message {} from {from} to {to}", self.out.sent).into_bytes();
@@ -312,6 +321,7 @@ fn standard_run(seed: u64) -> Outcome {
         send_window: Duration::from_secs(60),
         epoch: None,
         payload_per_s: None,
+        max_queued: None,
     };
     Sim::new(cfg, 30, 6, 10).run()
 }
@@ -385,6 +395,7 @@ fn a_client_sends_at_the_same_rate_idle_and_busy() {
         send_window: Duration::from_secs(60),
         epoch: None,
         payload_per_s: None,
+        max_queued: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     let packets = |sim: &Sim| sim.clients[0].stats().packets_sent();
@@ -437,6 +448,7 @@ fn traffic_flows_across_key_rotations() {
         send_window: Duration::from_secs(180),
         epoch: Some(Duration::from_secs(60)),
         payload_per_s: None,
+        max_queued: None,
     };
     let out = Sim::new(cfg, 30, 6, 10).run();
     eprintln!("{out:#?}");
@@ -463,6 +475,7 @@ fn queued_packets_ride_the_drop_stream() {
         send_window: Duration::from_secs(30),
         epoch: None,
         payload_per_s: Some(0.0),
+        max_queued: None,
     };
     let out = Sim::new(cfg, 30, 6, 10).run();
     eprintln!("{out:#?}");
@@ -499,6 +512,7 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
         send_window: Duration::from_secs(60),
         epoch: None,
         payload_per_s: None,
+        max_queued: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     sim.step_to(START + Duration::from_secs(5));
@@ -609,6 +623,7 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
         send_window: Duration::from_secs(60),
         epoch: None,
         payload_per_s: None,
+        max_queued: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     sim.step_to(START + Duration::from_secs(5));
@@ -660,4 +675,87 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
     // traffic), never a packet of the victim's: every client frame was
     // checked to go to the sender's own providers.
     assert!(sim.mixnet.nodes[stranger].stats().packets_in >= before);
+}
+
+/// Attack 1 of issue 12: a neighbour of a provider sends packets that ask
+/// it to hold them for weeks, and floods it with packets held as long as
+/// allowed, while ten clients exchange messages. The weeks-long ones are
+/// refused outright; the flood gets at most an equal share of a (small)
+/// delay queue; every honest message arrives.
+#[test]
+fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
+    let cfg = SimConfig {
+        seed: 47,
+        loss: 0.0,
+        replay_fraction: 0.0,
+        messages_per_client: 10,
+        preset: Preset::Strong,
+        duration: Duration::from_secs(240),
+        send_window: Duration::from_secs(60),
+        epoch: None,
+        payload_per_s: None,
+        max_queued: Some(300),
+    };
+    let sim = Sim::new(cfg, 30, 6, 10);
+    let max_delay = sim.mixnet.params.rates.max_delay_ms();
+    let mut rng = StdRng::seed_from_u64(99);
+    let mut held_for_weeks = 0u64;
+    let mut flood = 0u64;
+    let outcome = sim.run_with(|sim| {
+        let now = sim.now();
+        let epoch = sim.mixnet.params.epoch_at(now);
+        let directory = sim
+            .mixnet
+            .descriptors
+            .epoch_directory(epoch, &sim.mixnet.params, now);
+        let entry = directory.provider(&sim.mixnet.nodes[0].id()).unwrap();
+        let exit = directory.provider(&sim.mixnet.nodes[1].id()).unwrap();
+        let mut packet = |first_delay: u32| {
+            let mut route = directory.route(&mut rng, entry, exit, 10.0).unwrap();
+            for hop in route.iter_mut().rev().skip(1) {
+                hop.delay_ms = max_delay;
+            }
+            route[0].delay_ms = first_delay;
+            chainmail_packet::build_packet(
+                &mut rng,
+                epoch,
+                &route,
+                chainmail_packet::MailboxId([7; 32]),
+                b"held",
+            )
+            .unwrap()
+        };
+        // 49 days at the first hop.
+        let p = packet(u32::MAX);
+        sim.mixnet.nodes[0].handle_packet_from(now, b"attacker", p.as_bytes());
+        held_for_weeks += 1;
+        // The most it may ask, many at once: more than the whole queue.
+        for _ in 0..200 {
+            let p = packet(max_delay);
+            sim.mixnet.nodes[0].handle_packet_from(now, b"attacker", p.as_bytes());
+            flood += 1;
+        }
+        let shares = sim.mixnet.nodes[0].queue_shares();
+        assert!(shares[0] <= 150, "{shares:?}");
+    });
+    assert_eq!(outcome.sent, 100);
+    assert_eq!(
+        outcome.received, outcome.sent,
+        "every honest message arrived"
+    );
+    assert_eq!(outcome.failed, 0);
+    assert_eq!(
+        outcome.dropped_other.get("DelayTooLong").copied(),
+        Some(held_for_weeks)
+    );
+    let shared = outcome
+        .dropped_other
+        .get("QueueShare")
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        shared > flood / 2,
+        "{shared} of {flood} refused: {outcome:?}"
+    );
+    assert_eq!(outcome.dropped_other.get("QueueFull"), None, "{outcome:?}");
 }

@@ -232,6 +232,7 @@ impl Net {
             dialed: HashMap::new(),
             next_reachability_dial: started,
             links: Links::new(local_peer_id),
+            redial_dials: HashMap::new(),
             pending_requests: HashMap::new(),
             pending_gets: HashMap::new(),
             pending_puts: HashMap::new(),
@@ -947,6 +948,10 @@ struct Driver {
     next_reachability_dial: Instant,
     /// Direct-mode links with contacts' nodes.
     links: Links,
+    /// Dials the redial schedule made, still under way: only their
+    /// failures lengthen its backoff (Kademlia and others dial the same
+    /// peers on their own).
+    redial_dials: HashMap<libp2p::swarm::ConnectionId, PeerId>,
     pending_requests: HashMap<(RequestKind, OutboundRequestId), Reply<Vec<u8>>>,
     pending_gets: HashMap<kad::QueryId, Reply<Vec<u8>>>,
     pending_puts: HashMap<kad::QueryId, Reply<()>>,
@@ -1290,6 +1295,7 @@ impl Driver {
             } => {
                 inc(&self.counters.connections);
                 inc(&self.counters.connections_total);
+                self.redial_dials.remove(&connection_id);
                 if endpoint.is_dialer() {
                     *self.dialed.entry(peer_id).or_default() += 1;
                 }
@@ -1339,8 +1345,13 @@ impl Driver {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
                 tracing::debug!(%error, "outgoing connection failed");
+                let scheduled = self.redial_dials.remove(&connection_id).is_some();
                 if let Some(peer) = peer_id
                     && !self.swarm.is_connected(&peer)
                 {
@@ -1350,7 +1361,9 @@ impl Driver {
                         self.links.on_dial_failed(now(), &peer, text.clone());
                         self.report_links();
                     }
-                    self.redial.failed(now(), &peer, text, false);
+                    if scheduled {
+                        self.redial.failed(now(), &peer, text, false);
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
@@ -1471,8 +1484,14 @@ impl Driver {
                 .addresses(addr.into_iter().collect())
                 .extend_addresses_through_behaviour()
                 .build();
+            let id = opts.connection_id();
             match self.swarm.dial(opts) {
-                Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                Ok(()) => {
+                    self.redial_dials.insert(id, peer);
+                }
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                    self.redial.not_dialled(now, &peer);
+                }
                 Err(error) => {
                     let mut text = error.to_string();
                     text.truncate(300);

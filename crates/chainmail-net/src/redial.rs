@@ -140,6 +140,15 @@ impl Redial {
         }
     }
 
+    /// A due dial was not made (another dial of the peer is under way, by
+    /// another part of the node): look again shortly, without counting a
+    /// failure.
+    pub(crate) fn not_dialled(&mut self, now: Instant, peer: &PeerId) {
+        if let Some(entry) = self.peers.get_mut(peer) {
+            entry.next = now + FIRST_DELAY;
+        }
+    }
+
     /// Peers to dial now: kept peers that are not connected, and bootstrap
     /// peers while fewer than `min_peers` peers are connected; with the
     /// bootstrap address where there is one.

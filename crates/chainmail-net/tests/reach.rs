@@ -87,7 +87,10 @@ async fn a_node_started_before_its_bootstrap_peer_joins_when_it_comes_up() {
     let mut boot = NetConfig::new(net.clone(), boot_secret);
     boot.listen_addrs = vec![tcp_at(port)];
     let (boot, _boot_events) = chainmail_net::Net::spawn(boot).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // The next attempt comes at most one backoff (60 s at most) later; on a
+    // loaded machine the failures before the node came up can have pushed
+    // it that far.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(75);
     while !connected_to(&client, boot_peer).await {
         assert!(
             tokio::time::Instant::now() < deadline,

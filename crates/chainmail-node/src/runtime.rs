@@ -439,9 +439,9 @@ impl Runtime {
 
     async fn on_net(&mut self, now: Time, event: NetEvent) {
         match event {
-            NetEvent::PacketReceived { frame, .. } => {
+            NetEvent::PacketReceived { peer, frame } => {
                 if let Some(node) = &mut self.node {
-                    node.handle_packet(now, &frame[..]);
+                    node.handle_packet_from(now, &peer.to_bytes(), &frame[..]);
                 }
             }
             NetEvent::GossipReceived { bytes, .. } => self.learn_descriptor(now, &bytes),

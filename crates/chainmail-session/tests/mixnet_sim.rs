@@ -366,6 +366,7 @@ impl Sim {
                 providers: PROVIDERS,
                 mixes: MIXES,
                 replay_capacity: 100_000,
+                max_queued: 200_000,
             },
             &mut rng,
             START,

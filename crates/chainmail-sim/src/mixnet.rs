@@ -59,6 +59,8 @@ pub struct MixnetConfig {
     pub mixes: usize,
     /// Replay filter size per key, per node.
     pub replay_capacity: u64,
+    /// Delay queue size per node (a real node's default is 200,000).
+    pub max_queued: usize,
 }
 
 /// Node cores, their directory and a DHT for errands.
@@ -94,6 +96,7 @@ impl Mixnet {
         for i in 0..config.providers + config.mixes {
             let mut node_config = NodeConfig::new(config.params.clone(), network);
             node_config.replay_capacity = config.replay_capacity;
+            node_config.max_queued = config.max_queued;
             node_config.roles = Roles {
                 mix: i >= config.providers,
                 provider: i < config.providers,
@@ -295,7 +298,13 @@ impl Mixnet {
                 if bytes.len() != chainmail_packet::PACKET_SIZE {
                     self.odd_frames += 1;
                 }
-                self.nodes[i].handle_packet(now, bytes);
+                // Fair shares of the delay queue per neighbour, as a real
+                // node's driver gives them.
+                let from = match delivery.from {
+                    Endpoint::Node(j) => [0, j as u8, (j >> 8) as u8, (j >> 16) as u8],
+                    Endpoint::Client(j) => [1, j as u8, (j >> 8) as u8, (j >> 16) as u8],
+                };
+                self.nodes[i].handle_packet_from(now, &from, bytes);
                 None
             }
             (Endpoint::Node(i), Wire::Fetch { request, bytes }) => {

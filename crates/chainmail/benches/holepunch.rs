@@ -113,12 +113,7 @@ fn main() {
     };
 
     let mut lab = Lab::up();
-    let network = start_public_network(&mut lab);
-    start_user(&mut lab, "hA", "alice", &network, &client);
-    let bob = start_user(&mut lab, "hB", "bob", &network, &client);
-    let carol = start_user(&mut lab, "hC", "carol", &network, &client);
-    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob);
-    befriend(&lab, ("hA", "alice"), ("hC", "carol"), &carol);
+    let [_, _, carol] = three_homes(&mut lab);
     befriend(&lab, ("hB", "bob"), ("hC", "carol"), &carol);
     let ab = trials(&lab, ("hA", "alice"), ("hB", "bob"), n);
     let ac = trials(&lab, ("hA", "alice"), ("hC", "carol"), n);

@@ -262,13 +262,7 @@ fn a_public_node_restarts_with_its_mail_and_a_client_joins_after_an_outage() {
 #[ignore = "needs root and nftables: run by scripts/test"]
 fn direct_mode_between_two_homes_and_the_mixnet_behind_a_symmetric_nat() {
     let mut lab = Lab::up();
-    let network = start_public_network(&mut lab);
-    let client = ["--roles", "none", "--client"];
-    start_user(&mut lab, "hA", "alice", &network, &client);
-    let bob_address = start_user(&mut lab, "hB", "bob", &network, &client);
-    let carol_address = start_user(&mut lab, "hC", "carol", &network, &client);
-    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
-    befriend(&lab, ("hA", "alice"), ("hC", "carol"), &carol_address);
+    three_homes(&mut lab);
     let alice = lab.path("alice");
     let bob = lab.path("bob");
     let carol = lab.path("carol");
@@ -365,13 +359,7 @@ fn direct_mode_between_two_homes_and_the_mixnet_behind_a_symmetric_nat() {
 #[ignore = "needs root and nftables: run by scripts/test"]
 fn a_community_across_three_homes_converges_and_a_removed_member_is_locked_out() {
     let mut lab = Lab::up();
-    let network = start_public_network(&mut lab);
-    let client = ["--roles", "none", "--client"];
-    start_user(&mut lab, "hA", "alice", &network, &client);
-    let bob_address = start_user(&mut lab, "hB", "bob", &network, &client);
-    let carol_address = start_user(&mut lab, "hC", "carol", &network, &client);
-    befriend(&lab, ("hA", "alice"), ("hB", "bob"), &bob_address);
-    befriend(&lab, ("hA", "alice"), ("hC", "carol"), &carol_address);
+    three_homes(&mut lab);
     let members = [("hA", "alice"), ("hB", "bob"), ("hC", "carol")];
 
     let created = community(&lab, "hA", "alice", &["create", "garden"]);

@@ -588,3 +588,17 @@ pub fn community_posts(lab: &Lab, host: &str, name: &str, community: &str) -> Ve
         .filter_map(|e| e["text"].as_str().map(str::to_string))
         .collect()
 }
+
+/// The public network, and alice (home A), bob (home B) and carol (home C,
+/// symmetric NAT) as client-only users; alice is a contact of both others.
+/// Returns their addresses.
+pub fn three_homes(lab: &mut Lab) -> [String; 3] {
+    let network = start_public_network(lab);
+    let client = ["--roles", "none", "--client"];
+    let alice = start_user(lab, "hA", "alice", &network, &client);
+    let bob = start_user(lab, "hB", "bob", &network, &client);
+    let carol = start_user(lab, "hC", "carol", &network, &client);
+    befriend(lab, ("hA", "alice"), ("hB", "bob"), &bob);
+    befriend(lab, ("hA", "alice"), ("hC", "carol"), &carol);
+    [alice, bob, carol]
+}
