@@ -738,6 +738,12 @@ fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
         let shares = sim.mixnet.nodes[0].queue_shares();
         assert!(shares[0] <= 150, "{shares:?}");
     });
+    eprintln!(
+        "flood: {flood} packets, {:?} refused for their share, {held_for_weeks} asking for weeks; honest: {} of {} delivered",
+        outcome.dropped_other.get("QueueShare"),
+        outcome.received,
+        outcome.sent
+    );
     assert_eq!(outcome.sent, 100);
     assert_eq!(
         outcome.received, outcome.sent,
