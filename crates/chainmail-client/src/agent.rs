@@ -846,7 +846,7 @@ impl<S: Storage> Agent<S> {
                     to,
                     body,
                     acknowledged,
-                } if self.direct_pending.len() < MAX_DIRECT_PENDING => {
+                } if self.direct.any_direct() && self.direct_pending.len() < MAX_DIRECT_PENDING => {
                     let contact = self
                         .messenger
                         .contacts()

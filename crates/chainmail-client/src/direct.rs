@@ -275,6 +275,11 @@ impl Direct {
             .map(|(a, _)| *a)
     }
 
+    /// Whether any link is direct now (else no fragment needs looking at).
+    pub(crate) fn any_direct(&self) -> bool {
+        self.links.values().any(|l| l.state == "direct")
+    }
+
     /// The peer to send to `contact` directly, if a direct connection is up.
     pub(crate) fn direct_peer(&self, contact: &Address) -> Option<Vec<u8>> {
         let c = self.consents.get(contact)?;

@@ -982,11 +982,7 @@ impl Runtime {
     }
 
     fn push_direct_plan(&mut self) {
-        let plan = self.direct.net_plan(self.opts.network.network.scope());
-        let net = self.net.clone();
-        self.tasks.spawn("direct", async move {
-            let _ = net.set_direct(plan).await;
-        });
+        push_direct_plan(&mut self.tasks, &self.net, &self.direct, &self.opts);
     }
 
     /// Connects to the nodes packets go to. A mix or provider keeps a
@@ -1224,11 +1220,7 @@ impl Runtime {
                     Output::Shown(entry) => debug!(kind = %entry.kind, "shown"),
                     Output::Direct(plan) => {
                         self.direct.set_plan(plan);
-                        let plan = self.direct.net_plan(self.opts.network.network.scope());
-                        let net = self.net.clone();
-                        self.tasks.spawn("direct", async move {
-                            let _ = net.set_direct(plan).await;
-                        });
+                        push_direct_plan(&mut self.tasks, &self.net, &self.direct, &self.opts);
                     }
                     Output::DirectSend { id, peer, body } => {
                         let net = self.net.clone();
@@ -1274,6 +1266,20 @@ impl Runtime {
         }
         Ok(())
     }
+}
+
+/// Hands the driver what direct mode should do now.
+fn push_direct_plan(
+    tasks: &mut Tasks,
+    net: &NetHandle,
+    direct: &crate::direct::DirectHost,
+    opts: &NodeOptions,
+) {
+    let plan = direct.net_plan(opts.network.network.scope());
+    let net = net.clone();
+    tasks.spawn("direct", async move {
+        let _ = net.set_direct(plan).await;
+    });
 }
 
 /// Fetches mail from a provider for the hosted agent; false if there was
