@@ -767,7 +767,7 @@ impl<S: Storage> Agent<S> {
         }
 
         // Stored before anything it caused leaves (a published descriptor
-        // names one-time keys that must survive a crash; with the messages
+        // names a fallback key that must survive a crash; with the messages
         // stored, the cursors move and the next fetch deletes them at the
         // provider). What the actions below change (mixnet ids) is written
         // with the next batch; a restart hands undelivered fragments out

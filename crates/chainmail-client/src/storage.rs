@@ -5,7 +5,7 @@
 //! The agent reads through [`Storage`] and writes by handing the driver a
 //! [`Batch`] ([`crate::Output::Persist`]), which the driver makes durable,
 //! all or nothing, before it takes the next output: nothing the batch
-//! caused (a published descriptor naming one-time keys, an acknowledgement,
+//! caused (a published descriptor naming a new fallback key, an acknowledgement,
 //! a fetch cursor that deletes mail at the provider) leaves before it.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,18 @@
 //! An account: an Ed25519 identity key (the address is derived from it)
-//! and a vodozemac Olm account (Curve25519 identity, one-time and fallback
-//! keys) whose keys the identity signs.
+//! and a vodozemac Olm account (Curve25519 identity and fallback keys)
+//! whose keys the identity signs.
+//!
+//! First messages are encrypted to the fallback key, not to one-time keys.
+//! Without a server handing each one-time key to one sender only (as
+//! Signal's and Matrix's servers do), two strangers who read the same
+//! descriptor can pick the same one-time key; the second one's request
+//! would then be unreadable while its sender saw it delivered. The
+//! fallback key opens any number of first messages. It is replaced once
+//! per half descriptor lifetime and the replaced one is kept until the
+//! next replacement, so a first message stays readable for a whole
+//! descriptor lifetime and a stolen device opens no first message older
+//! than two replacements (about two days at the default period; Signal
+//! keeps a signed prekey for a week or more).
 
 use std::time::Duration;
 
@@ -14,18 +26,13 @@ use zeroize::Zeroizing;
 use crate::descriptor::{AccountDescriptor, DESCRIPTOR_VERSION, DescriptorBody, sign_binding};
 use crate::{Address, SessionError};
 
-/// One-time keys a published descriptor carries at least (the account
-/// generates more when fewer are left).
-pub const MIN_ONE_TIME_KEYS: usize = 20;
-/// One-time keys generated at a time.
-pub const ONE_TIME_KEY_BATCH: usize = 40;
-
 /// An account's secrets.
 pub struct Account {
     identity: SigningKey,
     olm: olm::Account,
-    /// One-time keys consumed since the descriptor was last published.
-    consumed_since_publish: usize,
+    /// When the current fallback key was made (`None`: before the first
+    /// descriptor, or an account stored before this was kept).
+    fallback_since: Option<Time>,
 }
 
 /// What [`Account::state`] returns: everything needed to rebuild the
@@ -34,7 +41,8 @@ pub struct Account {
 pub struct AccountState {
     identity: Seed,
     olm: olm::AccountPickle,
-    consumed_since_publish: usize,
+    #[serde(default)]
+    fallback_since: Option<Time>,
 }
 
 /// A secret seed, wiped when dropped.
@@ -52,13 +60,10 @@ impl std::fmt::Debug for Account {
 impl Account {
     /// A new account with the identity key `identity` (fresh Olm keys).
     pub fn new(identity: SigningKey) -> Self {
-        let mut olm = olm::Account::new();
-        olm.generate_one_time_keys(ONE_TIME_KEY_BATCH);
-        olm.generate_fallback_key();
         Account {
             identity,
-            olm,
-            consumed_since_publish: 0,
+            olm: olm::Account::new(),
+            fallback_since: None,
         }
     }
 
@@ -91,9 +96,11 @@ impl Account {
         sign_binding(&self.identity, network, &self.curve_key())
     }
 
-    /// A fresh signed descriptor valid for `lifetime`, with every unused
-    /// one-time key (at least [`MIN_ONE_TIME_KEYS`]: more are generated
-    /// when fewer are left).
+    /// A fresh signed descriptor valid for `lifetime` at most, naming the
+    /// current fallback key. The key is replaced when it is half a lifetime
+    /// old, and the descriptor expires before the key it names is dropped
+    /// (two replacements later), so a sender who found it can always be
+    /// read.
     pub fn descriptor(
         &mut self,
         now: Time,
@@ -102,25 +109,17 @@ impl Account {
         client_version: &str,
         lifetime: Duration,
     ) -> Result<AccountDescriptor, SessionError> {
-        // Keys are never marked published, so vodozemac lists every
-        // one-time key it still holds: the pool in the DHT is always the
-        // set of keys this account can still open a first message with
-        // (less those used since, which [`Account::wants_republish`]
-        // tracks).
-        if self.olm.stored_one_time_key_count() < MIN_ONE_TIME_KEYS {
-            self.olm.generate_one_time_keys(ONE_TIME_KEY_BATCH);
-        }
-        let mut one_time_keys: Vec<[u8; 32]> = self
-            .olm
-            .one_time_keys()
-            .values()
-            .map(|k| k.to_bytes())
-            .collect();
-        one_time_keys.sort_unstable();
-        one_time_keys.truncate(crate::descriptor::MAX_ONE_TIME_KEYS);
-        if self.olm.fallback_key().is_empty() {
-            self.olm.generate_fallback_key();
-        }
+        let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let since = match self.fallback_since {
+            Some(t) if now.0 < t.0.saturating_add(lifetime_ms / 2) && now >= t => t,
+            _ => {
+                self.olm.generate_fallback_key();
+                self.fallback_since = Some(now);
+                now
+            }
+        };
+        // Keys are never marked published, so vodozemac always lists the
+        // current fallback key.
         let fallback_key = self
             .olm
             .fallback_key()
@@ -128,32 +127,28 @@ impl Account {
             .next()
             .map(|k| k.to_bytes())
             .ok_or(SessionError::Invalid("no fallback key"))?;
-        let lifetime_ms = u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX);
+        let expires = now
+            .0
+            .saturating_add(lifetime_ms)
+            .min(since.0.saturating_add(lifetime_ms));
         let body = DescriptorBody {
             version: DESCRIPTOR_VERSION,
             network,
             address: self.address(),
             curve_key: self.curve_key(),
-            one_time_keys,
+            one_time_keys: Vec::new(),
             fallback_key,
             mixnet,
             client_version: client_version.into(),
             issued: now,
-            expires: Time(now.0.saturating_add(lifetime_ms)),
+            expires: Time(expires),
         };
-        self.consumed_since_publish = 0;
         body.sign(&self.identity)
     }
 
-    /// Whether so many one-time keys were used since the last descriptor
-    /// that a new one should be published.
-    pub fn wants_republish(&self) -> bool {
-        self.consumed_since_publish >= MIN_ONE_TIME_KEYS / 2
-    }
-
     /// A session to the account with Olm identity key `their_curve_key`,
-    /// using `one_time_key`, one of the keys of its descriptor (or its
-    /// fallback key).
+    /// using `one_time_key`: the fallback key of its descriptor (or, from
+    /// descriptors of older versions, one of their one-time keys).
     pub fn outbound_session(
         &self,
         their_curve_key: &[u8; 32],
@@ -182,12 +177,11 @@ impl Account {
                 message,
             )
             .map_err(|e| match e {
-                olm::SessionCreationError::MissingOneTimeKey(_) => SessionError::Invalid(
-                    "the message used a one-time key this account no longer has",
-                ),
+                olm::SessionCreationError::MissingOneTimeKey(_) => {
+                    SessionError::Invalid("the message used a key this account no longer has")
+                }
                 _ => SessionError::Auth("first message of a session"),
             })?;
-        self.consumed_since_publish += 1;
         Ok((result.session, result.plaintext))
     }
 
@@ -196,7 +190,7 @@ impl Account {
         AccountState {
             identity: Seed(self.identity.to_bytes()),
             olm: self.olm.pickle(),
-            consumed_since_publish: self.consumed_since_publish,
+            fallback_since: self.fallback_since,
         }
     }
 
@@ -205,7 +199,7 @@ impl Account {
         Account {
             identity: SigningKey::from_bytes(&state.identity.0),
             olm: olm::Account::from_pickle(state.olm),
-            consumed_since_publish: state.consumed_since_publish,
+            fallback_since: state.fallback_since,
         }
     }
 }
@@ -229,51 +223,87 @@ mod tests {
         }
     }
 
+    const HOUR: u64 = 3_600_000;
+
+    fn descriptor_at(account: &mut Account, rng: &mut StdRng, at: u64) -> AccountDescriptor {
+        account
+            .descriptor(
+                Time(NOW.0 + at),
+                [1; 32],
+                mixnet(rng),
+                "0.1.0",
+                Duration::from_millis(48 * HOUR),
+            )
+            .unwrap()
+    }
+
+    /// A first message to the fallback key of the descriptor `d`.
+    fn first_message(alice: &Account, d: &AccountDescriptor, text: &[u8]) -> olm::PreKeyMessage {
+        let mut out = alice
+            .outbound_session(&d.body.curve_key, &d.body.fallback_key)
+            .unwrap();
+        let olm::OlmMessage::PreKey(m) = out.encrypt(text).unwrap() else {
+            panic!("first message must be a pre-key message");
+        };
+        m
+    }
+
     #[test]
-    fn descriptors_carry_enough_one_time_keys_and_verify() {
+    fn descriptors_verify_and_name_a_fallback_key_but_no_one_time_keys() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut account = Account::generate(&mut rng);
-        let d = account
-            .descriptor(
-                NOW,
-                [1; 32],
-                mixnet(&mut rng),
-                "0.1.0",
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        assert!(d.body.one_time_keys.len() >= MIN_ONE_TIME_KEYS);
+        let d = descriptor_at(&mut account, &mut rng, 0);
+        assert!(d.body.one_time_keys.is_empty());
+        assert_eq!(d.body.expires, Time(NOW.0 + 48 * HOUR));
         let bytes = d.encode().unwrap();
         AccountDescriptor::decode_verified(&bytes, &[1; 32], &account.address(), NOW).unwrap();
     }
 
     #[test]
-    fn a_session_starts_from_a_descriptor_and_the_state_survives_a_pickle() {
+    fn many_strangers_reading_one_descriptor_are_all_readable() {
         let mut rng = StdRng::seed_from_u64(4);
+        let mut bob = Account::generate(&mut rng);
+        let d = descriptor_at(&mut bob, &mut rng, 0);
+        for i in 0..50u8 {
+            let stranger = Account::generate(&mut rng);
+            let m = first_message(&stranger, &d, &[i]);
+            let (_, plain) = bob.inbound_session(&stranger.curve_key(), &m).unwrap();
+            assert_eq!(plain, [i]);
+        }
+    }
+
+    #[test]
+    fn the_fallback_key_turns_over_and_outlives_every_descriptor_naming_it() {
+        let mut rng = StdRng::seed_from_u64(5);
         let alice = Account::generate(&mut rng);
         let mut bob = Account::generate(&mut rng);
-        let d = bob
-            .descriptor(
-                NOW,
-                [1; 32],
-                mixnet(&mut rng),
-                "0.1.0",
-                Duration::from_secs(3600),
-            )
-            .unwrap();
-        let mut out = alice
-            .outbound_session(&d.body.curve_key, &d.body.one_time_keys[3])
-            .unwrap();
-        let olm::OlmMessage::PreKey(m) = out.encrypt(b"hello").unwrap() else {
-            panic!("first message must be a pre-key message");
-        };
-        // Bob restarts between publishing and receiving.
+        let first = descriptor_at(&mut bob, &mut rng, 0);
+        // Republished often within half a lifetime: the same key.
+        let later = descriptor_at(&mut bob, &mut rng, 23 * HOUR);
+        assert_eq!(later.body.fallback_key, first.body.fallback_key);
+        // It expires when the key it names is replaced for the second time.
+        assert_eq!(later.body.expires, Time(NOW.0 + 48 * HOUR));
+        let old = first_message(&alice, &later, b"sent late");
+        // Half a lifetime on: a new key; the old one still opens.
+        let second = descriptor_at(&mut bob, &mut rng, 24 * HOUR);
+        assert_ne!(second.body.fallback_key, first.body.fallback_key);
+        assert_eq!(second.body.expires, Time(NOW.0 + 72 * HOUR));
+        // Bob restarts in between: the key's age is kept.
         let json = serde_json::to_vec(&bob.state()).unwrap();
         let mut bob = Account::from_state(serde_json::from_slice(&json).unwrap());
-        let (_, plaintext) = bob.inbound_session(&alice.curve_key(), &m).unwrap();
-        assert_eq!(plaintext, b"hello");
-        // The one-time key is gone: the same message cannot start a second
-        // session.
-        assert!(bob.inbound_session(&alice.curve_key(), &m).is_err());
+        let again = descriptor_at(&mut bob, &mut rng, 30 * HOUR);
+        assert_eq!(again.body.fallback_key, second.body.fallback_key);
+        let m = first_message(&alice, &again, b"new key");
+        assert_eq!(
+            bob.inbound_session(&alice.curve_key(), &m).unwrap().1,
+            b"new key"
+        );
+        let (_, plain) = bob.inbound_session(&alice.curve_key(), &old).unwrap();
+        assert_eq!(plain, b"sent late");
+        // Two replacements on, when `first` and `later` have expired, the
+        // first key is gone: a device stolen now opens no first message
+        // sent to it.
+        descriptor_at(&mut bob, &mut rng, 48 * HOUR);
+        assert!(bob.inbound_session(&alice.curve_key(), &old).is_err());
     }
 }

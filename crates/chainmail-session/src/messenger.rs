@@ -25,7 +25,7 @@ use std::time::Duration;
 use chainmail_mixnet::Time;
 use chainmail_mixnet::message::ClientAddress;
 use rand::rngs::StdRng;
-use rand::{Rng, RngExt, SeedableRng};
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use vodozemac::olm;
 
@@ -897,14 +897,13 @@ impl Messenger {
         contact.curve_key = Some(body.curve_key);
         contact.mixnet = Some(body.mixnet.clone());
         contact.client_version = Some(body.client_version.clone());
-        // One of their one-time keys at random (collisions between two
-        // senders are unlikely); the fallback key if they have none.
-        let one_time = if body.one_time_keys.is_empty() {
-            body.fallback_key
-        } else {
-            body.one_time_keys[self.rng.random_range(0..body.one_time_keys.len())]
-        };
-        let session = match self.account.outbound_session(&body.curve_key, &one_time) {
+        // Their fallback key, never a one-time key: another stranger may
+        // have picked the same one-time key from the same descriptor, and
+        // then this request could not be read (see `account`).
+        let session = match self
+            .account
+            .outbound_session(&body.curve_key, &body.fallback_key)
+        {
             Ok(s) => s,
             Err(_) => {
                 self.stats.bad_descriptors += 1;
@@ -1576,9 +1575,6 @@ impl Messenger {
                 return None;
             }
         };
-        if self.account.wants_republish() {
-            self.next_publish = Some(now);
-        }
         self.touched.insert(sender);
         let sessions = self.sessions.entry(sender).or_default();
         sessions.insert(0, session);

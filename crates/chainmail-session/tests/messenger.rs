@@ -549,6 +549,45 @@ fn an_ignored_request_tells_nobody() {
 }
 
 #[test]
+fn twenty_strangers_who_read_the_same_descriptor_are_all_heard() {
+    // Every stranger looks bob up before any request reaches him, so all of
+    // them start from the same descriptor: no first message may depend on
+    // a key that another one used up.
+    let mut w = World::new(14, 0.0, 0.0);
+    let bob = w.add_user("bob", 4);
+    let strangers: Vec<usize> = (0..20)
+        .map(|i| w.add_user(&format!("stranger{i}"), 4))
+        .collect();
+    w.drain();
+    let b_addr = w.address(bob);
+    for &s in &strangers {
+        w.users[s]
+            .messenger
+            .add_contact(w.now, b_addr, "bob", Some("hello"))
+            .unwrap();
+    }
+    w.run_until_quiet();
+    let requests = w.users[bob]
+        .events
+        .iter()
+        .filter(|e| matches!(e, MessengerEvent::ContactRequest { .. }))
+        .count();
+    assert_eq!(requests, strangers.len());
+    assert_eq!(w.users[bob].messenger.stats().undecryptable, 0);
+    for &s in &strangers {
+        let addr = w.address(s);
+        w.users[bob].messenger.accept(w.now, &addr).unwrap();
+    }
+    w.run_until_quiet();
+    for &s in &strangers {
+        assert_eq!(
+            w.users[s].messenger.contact(&b_addr).unwrap().state,
+            ContactState::Accepted
+        );
+    }
+}
+
+#[test]
 fn a_strangers_request_without_enough_work_is_rejected() {
     let mut w = World::new(4, 0.0, 0.0);
     // Mallory's client mints no stamps; bob asks for 12 bits.
