@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod anonymity;
 mod mixnet;
 mod network;
 

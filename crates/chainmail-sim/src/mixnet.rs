@@ -7,7 +7,7 @@ use chainmail_mixnet::{
     Answer, Client, DescriptorSet, EpochDirectory, Errand, MemoryMailboxes, Node, NodeConfig,
     NodeEvent, Params, Roles, network_hash,
 };
-use chainmail_packet::{Epoch, NodeId};
+use chainmail_packet::{Epoch, MixSecretKey, NodeId};
 use ed25519_dalek::SigningKey;
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -85,6 +85,13 @@ pub struct Mixnet {
     next_request: u64,
     rotated: bool,
     new_directories: bool,
+    /// Every node's mix keys, as its driver would store them: what an
+    /// adversary that corrupts a node gets, and what tells a simulation
+    /// where each packet really goes.
+    keys: HashMap<(usize, Epoch), MixSecretKey>,
+    /// Frames nodes sent since the last [`Mixnet::take_tapped`], when
+    /// tapping is on: what an observer of every link sees leave each node.
+    tapped: Option<Vec<(usize, Vec<u8>)>>,
 }
 
 impl Mixnet {
@@ -120,6 +127,8 @@ impl Mixnet {
             next_request: 0,
             rotated: false,
             new_directories: false,
+            keys: HashMap::new(),
+            tapped: None,
         };
         mixnet.republish(start);
         mixnet
@@ -154,6 +163,23 @@ impl Mixnet {
         self.new_directories = true;
     }
 
+    /// Node `i`'s mix key for `epoch` (while the node holds it).
+    pub fn mix_key(&self, i: usize, epoch: Epoch) -> Option<&MixSecretKey> {
+        self.keys.get(&(i, epoch))
+    }
+
+    /// Records every frame nodes send from now on, for
+    /// [`Mixnet::take_tapped`].
+    pub fn tap(&mut self) {
+        self.tapped.get_or_insert_with(Vec::new);
+    }
+
+    /// The frames nodes sent since the last call, in the order they left:
+    /// (sending node, bytes).
+    pub fn take_tapped(&mut self) -> Vec<(usize, Vec<u8>)> {
+        self.tapped.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Whether the directories changed since the last call (give clients
     /// [`Mixnet::directories`] then).
     pub fn take_new_directories(&mut self) -> bool {
@@ -171,7 +197,16 @@ impl Mixnet {
             let mut errands = Vec::new();
             while let Some(event) = self.nodes[i].poll_event() {
                 match event {
-                    NodeEvent::KeysRotated(_) => self.rotated = true,
+                    NodeEvent::KeysRotated(rotation) => {
+                        self.rotated = true;
+                        for (epoch, secret) in rotation.generated {
+                            self.keys
+                                .insert((i, epoch), MixSecretKey::from_bytes(epoch, *secret));
+                        }
+                        for epoch in rotation.retired {
+                            self.keys.remove(&(i, epoch));
+                        }
+                    }
                     NodeEvent::Errand { token, errand } => errands.push((token, errand)),
                     NodeEvent::LoopReturned(_) => {}
                 }
@@ -195,11 +230,15 @@ impl Mixnet {
                     continue;
                 };
                 self.frames += 1;
+                let bytes = t.packet.as_bytes().to_vec();
+                if let Some(tapped) = &mut self.tapped {
+                    tapped.push((i, bytes.clone()));
+                }
                 net.send(
                     now,
                     Endpoint::Node(i),
                     Endpoint::Node(to),
-                    Wire::Frame(t.packet.as_bytes().to_vec()),
+                    Wire::Frame(bytes),
                 );
             }
             while let Some((request, bytes)) = self.nodes[i].poll_fetch_response() {
