@@ -13,7 +13,7 @@ pub mod mailbox;
 pub mod message;
 pub mod node;
 mod params;
-mod replay;
+pub mod replay;
 pub mod service;
 mod time;
 
@@ -23,8 +23,11 @@ pub use directory::{DescriptorSet, DirNode, EpochDirectory, Inserted, exponentia
 pub use error::MixnetError;
 pub use keys::{KeyRing, Rotation};
 pub use mailbox::{MailboxStore, MemoryMailboxes};
-pub use node::{DropReason, Node, NodeConfig, NodeEvent, NodeStats, Transmit};
+pub use node::{
+    DropReason, MAX_PACKETS_PER_S, Node, NodeConfig, NodeEvent, NodeStats, ReplayStatus, Transmit,
+    replay_capacity_for,
+};
 pub use params::{MAX_DELAY_FACTOR, Params, Preset, TrafficRates};
-pub use replay::ReplayFilter;
+pub use replay::{Recorded, ReplayFilter};
 pub use service::{Answer, Errand, ErrandId};
 pub use time::Time;

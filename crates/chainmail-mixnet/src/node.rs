@@ -26,6 +26,7 @@ use crate::message::{
     DISCARD_MAILBOX, FetchRequest, FetchResponse, MAX_FETCH_ITEMS, MAX_FETCH_WAIT_MS, MailboxItem,
     mix_loop_mailbox,
 };
+use crate::replay::Recorded;
 use crate::service::{self, Answer, Assembled, Errand, ErrandId, Reassembly, SERVICE_MAILBOX};
 use crate::{
     EpochDirectory, KeyRing, NodeDescriptor, Params, ReplayFilter, Roles, Rotation, Time,
@@ -41,7 +42,11 @@ pub struct NodeConfig {
     pub network: [u8; 32],
     /// Roles this node takes.
     pub roles: Roles,
-    /// Replay filter capacity per key (tags).
+    /// Replay tags one mix key is expected to see at most: the node's
+    /// packet rate limit times the key's lifetime. The filter starts small,
+    /// grows with the traffic, and refuses new tags past
+    /// [`HEADROOM`](crate::replay::HEADROOM) times this
+    /// ([`DropReason::ReplayFull`]).
     pub replay_capacity: u64,
     /// Most packets held in the delay queue at once.
     pub max_queued: usize,
@@ -52,9 +57,20 @@ pub struct NodeConfig {
     pub max_errands: usize,
 }
 
+/// The packet rate a node is sized for by default.
+pub const MAX_PACKETS_PER_S: u64 = 10_000;
+
+/// Replay tags a key sees at `packets_per_s` over its whole life (its
+/// epoch and the grace after it).
+pub fn replay_capacity_for(params: &Params, packets_per_s: u64) -> u64 {
+    let life = params.epoch_length + params.key_grace;
+    packets_per_s.saturating_mul(life.as_secs().max(1))
+}
+
 impl NodeConfig {
     /// Defaults for a node that is both mix and provider.
     pub fn new(params: Params, network: [u8; 32]) -> Self {
+        let replay_capacity = replay_capacity_for(&params, MAX_PACKETS_PER_S);
         NodeConfig {
             params,
             network,
@@ -62,7 +78,7 @@ impl NodeConfig {
                 mix: true,
                 provider: true,
             },
-            replay_capacity: 4_000_000,
+            replay_capacity,
             max_queued: 200_000,
             max_parked_fetches: 10_000,
             max_errands: 256,
@@ -109,6 +125,10 @@ pub enum DropReason {
     Auth,
     /// Seen before.
     Replay,
+    /// The key's replay filter holds all it may (far more packets than the
+    /// node's rate allows came under one key): the packet cannot be
+    /// checked.
+    ReplayFull,
     /// Delay queue full.
     QueueFull,
     /// The delay queue is under pressure and the packet's sender already
@@ -137,6 +157,7 @@ impl DropReason {
             DropReason::UnknownKey => "unknown_key",
             DropReason::Auth => "auth",
             DropReason::Replay => "replay",
+            DropReason::ReplayFull => "replay_full",
             DropReason::QueueFull => "queue_full",
             DropReason::QueueShare => "queue_share",
             DropReason::DelayTooLong => "delay_too_long",
@@ -147,6 +168,19 @@ impl DropReason {
             DropReason::ErrandsBusy => "errands_busy",
         }
     }
+}
+
+/// The replay filters of a node's live keys ([`Node::replay_status`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ReplayStatus {
+    /// Tags recorded.
+    pub tags: u64,
+    /// Memory the filters hold.
+    pub bytes: u64,
+    /// Estimated chance that a fresh packet is taken for a replay.
+    pub false_positive_rate: f64,
+    /// Whether a key saw more packets than the node is sized for.
+    pub over_capacity: bool,
 }
 
 /// Counters, for metrics.
@@ -321,6 +355,22 @@ impl<S: MailboxStore> Node<S> {
         self.keys.insert(key);
     }
 
+    /// The replay filters of the live keys: tags recorded, memory held, and
+    /// the estimated chance that an honest packet is taken for a replay
+    /// (the worst over the live keys).
+    pub fn replay_status(&self) -> ReplayStatus {
+        ReplayStatus {
+            tags: self.replay.values().map(ReplayFilter::len).sum(),
+            bytes: self.replay.values().map(ReplayFilter::memory_bytes).sum(),
+            false_positive_rate: self
+                .replay
+                .values()
+                .map(ReplayFilter::false_positive_rate)
+                .fold(0.0, f64::max),
+            over_capacity: self.replay.values().any(ReplayFilter::is_over_capacity),
+        }
+    }
+
     /// Adds persisted replay tags of a live key.
     pub fn restore_replay_tags(&mut self, epoch: Epoch, tags: impl IntoIterator<Item = ReplayTag>) {
         let capacity = self.config.replay_capacity;
@@ -408,8 +458,10 @@ impl<S: MailboxStore> Node<S> {
             .replay
             .entry(epoch)
             .or_insert_with(|| ReplayFilter::with_capacity(capacity));
-        if !filter.insert(&processed.replay_tag) {
-            return self.drop(DropReason::Replay);
+        match filter.insert(&processed.replay_tag) {
+            Recorded::Fresh => {}
+            Recorded::Seen => return self.drop(DropReason::Replay),
+            Recorded::Full => return self.drop(DropReason::ReplayFull),
         }
         self.new_tags.push((epoch, processed.replay_tag));
         match processed.action {

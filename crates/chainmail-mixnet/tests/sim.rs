@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chainmail_mixnet::{
     Answer, Client, ClientConfig, ClientEvent, ClientKeys, DropReason, Errand, ErrandId, Params,
-    Preset,
+    Preset, ReplayStatus,
 };
 use chainmail_sim::{Delivery, Endpoint, Links, Mixnet, MixnetConfig, Network, Time, Wire};
 use rand::rngs::StdRng;
@@ -33,6 +33,8 @@ struct SimConfig {
     payload_per_s: Option<f64>,
     /// Delay queue size per node (default 200,000).
     max_queued: Option<usize>,
+    /// Replay tags a key is sized for, per node (default 200,000).
+    replay_capacity: Option<u64>,
 }
 
 #[derive(Debug, Default, PartialEq)]
@@ -55,6 +57,8 @@ struct Outcome {
     retransmissions: u64,
     client_packets: u64,
     latencies_ms: Vec<u64>,
+    /// Each node's replay filters at the end.
+    replay: Vec<ReplayStatus>,
 }
 
 /// The cores: a mixnet of nodes and the clients on it.
@@ -177,7 +181,7 @@ impl Sim {
                 name: "sim".into(),
                 providers: provider_count,
                 mixes: node_count - provider_count,
-                replay_capacity: 200_000,
+                replay_capacity: cfg.replay_capacity.unwrap_or(200_000),
                 max_queued: cfg.max_queued.unwrap_or(200_000),
             },
             &mut rng,
@@ -306,6 +310,12 @@ impl Sim {
         out.delay_sd_ms = (sq / count as f64 - mean * mean).sqrt();
         out.delay_samples = count;
         out.retransmissions = self.clients.iter().map(|c| c.stats().retransmissions).sum();
+        out.replay = self
+            .mixnet
+            .nodes
+            .iter()
+            .map(|n| n.replay_status())
+            .collect();
         out
     }
 }
@@ -322,6 +332,7 @@ fn standard_run(seed: u64) -> Outcome {
         epoch: None,
         payload_per_s: None,
         max_queued: None,
+        replay_capacity: None,
     };
     Sim::new(cfg, 30, 6, 10).run()
 }
@@ -396,6 +407,7 @@ fn a_client_sends_at_the_same_rate_idle_and_busy() {
         epoch: None,
         payload_per_s: None,
         max_queued: None,
+        replay_capacity: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     let packets = |sim: &Sim| sim.clients[0].stats().packets_sent();
@@ -449,6 +461,7 @@ fn traffic_flows_across_key_rotations() {
         epoch: Some(Duration::from_secs(60)),
         payload_per_s: None,
         max_queued: None,
+        replay_capacity: None,
     };
     let out = Sim::new(cfg, 30, 6, 10).run();
     eprintln!("{out:#?}");
@@ -476,6 +489,7 @@ fn queued_packets_ride_the_drop_stream() {
         epoch: None,
         payload_per_s: Some(0.0),
         max_queued: None,
+        replay_capacity: None,
     };
     let out = Sim::new(cfg, 30, 6, 10).run();
     eprintln!("{out:#?}");
@@ -513,6 +527,7 @@ fn errands_are_carried_out_by_exits_and_answered_through_surbs() {
         epoch: None,
         payload_per_s: None,
         max_queued: None,
+        replay_capacity: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     sim.step_to(START + Duration::from_secs(5));
@@ -624,6 +639,7 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
         epoch: None,
         payload_per_s: None,
         max_queued: None,
+        replay_capacity: None,
     };
     let mut sim = Sim::new(cfg, 30, 6, 10);
     sim.step_to(START + Duration::from_secs(5));
@@ -695,6 +711,7 @@ fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
         epoch: None,
         payload_per_s: None,
         max_queued: Some(300),
+        replay_capacity: None,
     };
     let sim = Sim::new(cfg, 30, 6, 10);
     let max_delay = sim.mixnet.params.rates.max_delay_ms();
@@ -764,4 +781,66 @@ fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
         "{shared} of {flood} refused: {outcome:?}"
     );
     assert_eq!(outcome.dropped_other.get("QueueFull"), None, "{outcome:?}");
+}
+
+#[test]
+fn a_flood_past_the_replay_filters_sizing_drops_no_honest_packet_as_a_replay() {
+    // Filters sized for 2,000 tags a key. A neighbour of a provider pushes
+    // 6,000 valid packets through it while ten clients talk: a fixed Bloom
+    // filter of that size would then take about one honest packet in eight
+    // for a replay. The growing filter keeps its rate.
+    let cfg = SimConfig {
+        seed: 53,
+        loss: 0.0,
+        replay_fraction: 0.0,
+        messages_per_client: 10,
+        preset: Preset::Standard,
+        duration: Duration::from_secs(120),
+        send_window: Duration::from_secs(60),
+        epoch: None,
+        payload_per_s: None,
+        max_queued: None,
+        replay_capacity: Some(2_000),
+    };
+    let sim = Sim::new(cfg, 30, 6, 10);
+    let mut rng = StdRng::seed_from_u64(101);
+    let mut flood = 0u64;
+    let outcome = sim.run_with(|sim| {
+        let now = sim.now();
+        let epoch = sim.mixnet.params.epoch_at(now);
+        let directory = sim
+            .mixnet
+            .descriptors
+            .epoch_directory(epoch, &sim.mixnet.params, now);
+        let entry = directory.provider(&sim.mixnet.nodes[0].id()).unwrap();
+        let exit = directory.provider(&sim.mixnet.nodes[1].id()).unwrap();
+        for _ in 0..60 {
+            let route = directory.route(&mut rng, entry, exit, 5.0).unwrap();
+            let p = chainmail_packet::build_packet(
+                &mut rng,
+                epoch,
+                &route,
+                chainmail_mixnet::message::DISCARD_MAILBOX,
+                b"flood",
+            )
+            .unwrap();
+            sim.mixnet.nodes[0].handle_packet_from(now, b"attacker", p.as_bytes());
+            flood += 1;
+        }
+    });
+    let entry = outcome.replay[0];
+    eprintln!(
+        "flood: {flood} packets; entry provider's filter: {} tags, {} bytes, estimated false-positive rate {:e}; honest: {} of {} delivered",
+        entry.tags, entry.bytes, entry.false_positive_rate, outcome.received, outcome.sent
+    );
+    assert!(entry.tags > flood && entry.over_capacity, "{entry:?}");
+    assert!(entry.false_positive_rate < 1e-6, "{entry:?}");
+    assert_eq!(outcome.sent, 100);
+    assert_eq!(
+        outcome.received, outcome.sent,
+        "every honest message arrived"
+    );
+    assert_eq!(outcome.failed, 0);
+    assert_eq!(outcome.replays_dropped, 0, "no packet taken for a replay");
+    assert_eq!(outcome.dropped_other.get("ReplayFull"), None, "{outcome:?}");
 }

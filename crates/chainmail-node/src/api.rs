@@ -1,5 +1,12 @@
-//! The local API: HTTP on 127.0.0.1 only, every call but `/metrics` needs
-//! the bearer token from `api.json` in the data directory.
+//! The local API: HTTP on 127.0.0.1 only, and every call needs the bearer
+//! token from `api.json` in the data directory (readable by its owner
+//! only). The token is compared in constant time. A request whose `Host`
+//! is not this loopback address (a web page that re-bound its own name to
+//! 127.0.0.1, "DNS rebinding") or that a browser marked with a foreign
+//! `Origin` is refused before the token is looked at; every refusal is
+//! counted (`chainmail_api_refused_total`). `/metrics` needs the token
+//! too: its counters tell when the user sends and which mailboxes are
+//! busy.
 //!
 //! - `GET /v1/status`: node and client status
 //! - `POST /v1/account` `{"op": ...}`: the account's requests (contacts,
@@ -8,6 +15,8 @@
 //! - `GET /metrics`: Prometheus text
 
 use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use axum::extract::State;
@@ -104,6 +113,9 @@ pub struct Status {
     /// Direct mode with contacts, where it is not off.
     #[serde(default)]
     pub direct: Vec<DirectStatus>,
+    /// The network's preset and how well it hides senders, as measured.
+    #[serde(default)]
+    pub anonymity: String,
 }
 
 /// Direct mode with one contact, in [`Status`].
@@ -159,6 +171,16 @@ pub(crate) struct Api {
 struct AppState {
     calls: mpsc::Sender<ApiCall>,
     token: String,
+    port: u16,
+    refused: Arc<Refused>,
+}
+
+/// Requests refused, by reason.
+#[derive(Default)]
+struct Refused {
+    token: AtomicU64,
+    host: AtomicU64,
+    origin: AtomicU64,
 }
 
 /// Starts the API on 127.0.0.1:`port` (0: any free port).
@@ -171,6 +193,8 @@ pub(crate) async fn serve(port: u16, calls: mpsc::Sender<ApiCall>) -> Result<Api
     let state = AppState {
         calls,
         token: token.clone(),
+        port,
+        refused: Arc::default(),
     };
     let app = Router::new()
         .route("/v1/status", get(status))
@@ -182,19 +206,61 @@ pub(crate) async fn serve(port: u16, calls: mpsc::Sender<ApiCall>) -> Result<Api
     Ok(Api { port, token })
 }
 
-/// `None` if the request carries the token; otherwise the refusal.
+/// `None` if the request is for this loopback address, from no web page,
+/// and carries the token; otherwise the refusal (counted).
 fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let expected = format!("Bearer {}", state.token);
-    match headers.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(v) if v == expected => None,
-        _ => Some(
+    let port = state.port;
+    let local = [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    let host = headers.get("host").and_then(|v| v.to_str().ok());
+    if !host.is_some_and(|h| local.iter().any(|l| l.eq_ignore_ascii_case(h))) {
+        state.refused.host.fetch_add(1, Ordering::Relaxed);
+        return Some(
             (
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong token (see api.json in the data directory)\n",
+                StatusCode::FORBIDDEN,
+                "the local API answers only requests addressed to 127.0.0.1, localhost or [::1] with its port\n",
             )
                 .into_response(),
-        ),
+        );
     }
+    // Browsers mark requests made by a page with its origin; the CLI and
+    // scripts send none. No page may drive the node.
+    if let Some(origin) = headers.get("origin") {
+        let ok = origin.to_str().is_ok_and(|o| {
+            local
+                .iter()
+                .any(|l| o.eq_ignore_ascii_case(&format!("http://{l}")))
+        });
+        if !ok {
+            state.refused.origin.fetch_add(1, Ordering::Relaxed);
+            return Some(
+                (
+                    StatusCode::FORBIDDEN,
+                    "requests from web pages are refused\n",
+                )
+                    .into_response(),
+            );
+        }
+    }
+    let expected = format!("Bearer {}", state.token);
+    let given = headers
+        .get("authorization")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(given, expected.as_bytes())) {
+        return None;
+    }
+    state.refused.token.fetch_add(1, Ordering::Relaxed);
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token (see api.json in the data directory)\n",
+        )
+            .into_response(),
+    )
 }
 
 async fn call<T>(
@@ -250,9 +316,28 @@ async fn account(
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = unauthorized(&state, &headers) {
+        return refusal;
+    }
     match call(&state, ApiCall::Metrics).await {
-        Ok(text) => ([("content-type", "text/plain; version=0.0.4")], text).into_response(),
+        Ok(mut text) => {
+            let r = &state.refused;
+            counter(
+                &mut text,
+                "chainmail_api_refused_total",
+                "Local API requests refused, by reason (no or wrong token, a foreign Host, a web page's Origin).",
+                &[
+                    ("{reason=\"token\"}".into(), r.token.load(Ordering::Relaxed)),
+                    ("{reason=\"host\"}".into(), r.host.load(Ordering::Relaxed)),
+                    (
+                        "{reason=\"origin\"}".into(),
+                        r.origin.load(Ordering::Relaxed),
+                    ),
+                ],
+            );
+            ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -268,7 +353,7 @@ pub(crate) fn counter(out: &mut String, name: &str, help: &str, samples: &[(Stri
 
 /// Renders the counters in the Prometheus text format.
 pub(crate) fn render_metrics(
-    node: Option<(&NodeStats, usize)>,
+    node: Option<(&NodeStats, usize, chainmail_mixnet::ReplayStatus)>,
     client: Option<&ClientStats>,
     net: &NetMetrics,
     store: Option<StoreStats>,
@@ -292,7 +377,7 @@ pub(crate) fn render_metrics(
             ],
         );
     }
-    if let Some((s, queue)) = node {
+    if let Some((s, queue, replay)) = node {
         counter(
             &mut out,
             "chainmail_packets_in_total",
@@ -358,6 +443,17 @@ pub(crate) fn render_metrics(
         let _ = writeln!(
             out,
             "# HELP chainmail_queue_depth Packets held for their delay.\n# TYPE chainmail_queue_depth gauge\nchainmail_queue_depth {queue}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chainmail_replay_tags Replay tags recorded for the live mix keys.\n# TYPE chainmail_replay_tags gauge\nchainmail_replay_tags {}\n\
+             # HELP chainmail_replay_filter_bytes Memory of the replay filters.\n# TYPE chainmail_replay_filter_bytes gauge\nchainmail_replay_filter_bytes {}\n\
+             # HELP chainmail_replay_false_positive_rate Estimated chance that an honest packet is dropped as a replay.\n# TYPE chainmail_replay_false_positive_rate gauge\nchainmail_replay_false_positive_rate {:e}\n\
+             # HELP chainmail_replay_over_capacity 1 when a key saw more packets than the node is sized for.\n# TYPE chainmail_replay_over_capacity gauge\nchainmail_replay_over_capacity {}",
+            replay.tags,
+            replay.bytes,
+            replay.false_positive_rate,
+            u8::from(replay.over_capacity)
         );
     }
     if let Some(c) = client {

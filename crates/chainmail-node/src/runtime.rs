@@ -731,6 +731,7 @@ impl Runtime {
                     || d.layers.iter().flatten().any(|m| m.id == self.id)
             }),
             reachability: self.reachability_line(),
+            anonymity: self.params.rates.anonymity_line(),
             direct: self
                 .agent
                 .as_ref()
@@ -805,7 +806,9 @@ impl Runtime {
     fn metrics(&self) -> String {
         let agent = self.agent.as_ref().map(|(a, _)| a);
         let mut text = crate::api::render_metrics(
-            self.node.as_ref().map(|n| (n.stats(), n.queue_len())),
+            self.node
+                .as_ref()
+                .map(|n| (n.stats(), n.queue_len(), n.replay_status())),
             agent.and_then(|a| a.client()).map(|c| c.stats()),
             &self.net.metrics(),
             self.store.mailbox_stats().ok(),

@@ -14,7 +14,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chainmail_net::{Multiaddr, Net, NetConfig, NetEvent};
@@ -189,11 +188,7 @@ async fn run(packets: usize) {
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(pid) - cpu0;
-    let metrics = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{}/metrics", node.api_port)])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+    let metrics = node.metrics();
     drop(node);
 
     let per_core = received as f64 / cpu;

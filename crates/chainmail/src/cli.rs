@@ -496,6 +496,9 @@ pub(crate) async fn status(data: &DataDirArg, json: bool) -> Result<()> {
     if let Some(line) = status["reachability"].as_str() {
         println!("{line}");
     }
+    if let Some(line) = status["anonymity"].as_str().filter(|l| !l.is_empty()) {
+        println!("{line}");
+    }
     for d in status["direct"].as_array().into_iter().flatten() {
         println!(
             "direct mode with {}: {} — {}",

@@ -23,11 +23,7 @@ fn start(network: &std::path::Path, data: &std::path::Path, port: u16) -> Node {
 }
 
 fn metric(node: &Node, line_prefix: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{}/metrics", node.api_port)])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    node.metrics()
         .lines()
         .find_map(|l| {
             l.strip_prefix(line_prefix)
@@ -203,4 +199,85 @@ async fn bad_input_is_counted_and_dropped_and_replays_stay_refused_across_a_rest
         1,
     )
     .await;
+}
+
+/// `curl` against the node's local API with extra headers: (HTTP status,
+/// body).
+fn api_get(node: &Node, path: &str, headers: &[String]) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "\n%{http_code}"]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{}{path}", node.api_port))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn the_local_api_serves_only_its_owner_never_a_web_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let network = dir.path().join("network.toml");
+    std::fs::write(
+        &network,
+        "[network]\nid = \"chainmail-api-check\"\nname = \"api\"\nlocal = true\n",
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = start(&network, &dir.path().join("node"), port);
+    let auth = format!("Authorization: Bearer {}", node.token);
+    let wrong = format!("Authorization: Bearer {}", "0".repeat(64));
+
+    // Without the token, /metrics says nothing (its counters tell when the
+    // user sends and which mailboxes are busy), and neither does the rest.
+    for path in ["/metrics", "/v1/status", "/v1/directory"] {
+        let (code, body) = api_get(&node, path, &[]);
+        assert_eq!(code, 401, "{path}: {body}");
+        assert!(!body.contains("chainmail_"), "{path}: {body}");
+        assert_eq!(api_get(&node, path, std::slice::from_ref(&wrong)).0, 401);
+    }
+    // A page that re-bound its own name to 127.0.0.1 sends its own Host;
+    // a page that calls 127.0.0.1 directly sends its Origin. Both are
+    // refused even with the right token.
+    let rebound = api_get(
+        &node,
+        "/metrics",
+        &[auth.clone(), "Host: evil.example".into()],
+    );
+    assert_eq!(rebound.0, 403, "{}", rebound.1);
+    let page = api_get(
+        &node,
+        "/v1/status",
+        &[auth.clone(), "Origin: http://evil.example".into()],
+    );
+    assert_eq!(page.0, 403, "{}", page.1);
+    // The owner gets everything, and the refusals are counted by reason.
+    let (code, text) = api_get(&node, "/metrics", std::slice::from_ref(&auth));
+    assert_eq!(code, 200);
+    let count = |reason: &str| -> u64 {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "chainmail_api_refused_total{{reason=\"{reason}\"}} "
+                ))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {reason} counter in {text}"))
+    };
+    assert_eq!(count("token"), 6);
+    assert_eq!(count("host"), 1);
+    assert_eq!(count("origin"), 1);
+    let (code, status) = api_get(&node, "/v1/status", &[auth, "Host: localhost".into()]);
+    assert_eq!(
+        code, 403,
+        "a Host without the port is not this API: {status}"
+    );
 }

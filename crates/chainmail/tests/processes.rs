@@ -205,8 +205,10 @@ fn metrics_text(dir: &Path) -> String {
     let info: Value =
         serde_json::from_slice(&std::fs::read(dir.join("api.json")).unwrap()).unwrap();
     let port = info["port"].as_u64().unwrap();
+    let token = info["token"].as_str().unwrap();
     let out = Command::new("curl")
-        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .args(["-s", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{port}/metrics"))
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -679,6 +681,12 @@ fn accounts_request_accept_deny_and_talk() {
     assert_eq!(texts(&alice), to_alice, "exactly once, in order");
     wait_for("every message delivered", Duration::from_secs(120), || {
         let s = cli_json(&["status", "--data-dir", &d(&alice)]);
+        // The preset is named with its measured anonymity.
+        let anonymity = s["anonymity"].as_str().unwrap();
+        assert!(
+            anonymity.starts_with("preset standard: ") && anonymity.contains("bits"),
+            "{anonymity}"
+        );
         let m = s["messages"].as_array().unwrap().clone();
         (m.len() == 5 && m.iter().all(|m| m["state"] == "delivered")).then_some(())
     });

@@ -415,11 +415,24 @@ pub fn metric(lab: &Lab, host: &str, data: &Path, name: &str) -> u64 {
         serde_json::from_slice(&std::fs::read(data.join("api.json")).unwrap()).unwrap();
     let port = info["port"].as_u64().unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
+    let auth = format!("Authorization: Bearer {}", info["token"].as_str().unwrap());
     let out = if lab.is_loopback() {
-        Command::new("curl").args(["-s", &url]).output().unwrap()
+        Command::new("curl")
+            .args(["-s", "-H", &auth, &url])
+            .output()
+            .unwrap()
     } else {
         Command::new("ip")
-            .args(["netns", "exec", &lab.ns(host), "curl", "-s", &url])
+            .args([
+                "netns",
+                "exec",
+                &lab.ns(host),
+                "curl",
+                "-s",
+                "-H",
+                &auth,
+                &url,
+            ])
             .output()
             .unwrap()
     };

@@ -47,6 +47,8 @@ pub struct MixNode {
     pub peer: PeerId,
     /// Its process id.
     pub pid: u32,
+    /// The local API's bearer token.
+    pub token: String,
 }
 
 impl MixNode {
@@ -86,7 +88,18 @@ impl MixNode {
             child,
             api_port: info["port"].as_u64().unwrap(),
             peer: info["peer_id"].as_str().unwrap().parse().unwrap(),
+            token: info["token"].as_str().unwrap().to_string(),
         }
+    }
+
+    /// Its `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-H", &format!("Authorization: Bearer {}", self.token)])
+            .arg(format!("http://127.0.0.1:{}/metrics", self.api_port))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
