@@ -8,12 +8,14 @@ mod dry_run;
 mod error;
 mod mailbox;
 mod open;
+mod slots;
 mod store;
 mod tables;
 mod types;
 mod vault;
 
 pub use error::StoreError;
+pub use slots::{SLOT_SIZE as MIX_KEY_SLOT_SIZE, SLOTS as MIX_KEY_SLOTS};
 pub use store::Store;
 pub use types::{
     AppendOutcome, KvEntry, KvOp, MAILBOX_ID_SIZE, MailboxId, MailboxItem, MailboxStats, Quota,

@@ -11,6 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::error::StoreError;
 use crate::open::{check_magic, check_version, create_private, dry_run, without_panic};
+use crate::slots::KeySlots;
 use crate::tables::{
     COUNTERS, EXPIRY, ITEMS, KV, LAYOUT_VERSION, META, META_LAYOUT_VERSION, MIX_KEYS, REPLAY_TAGS,
     SECRET_NODE_IDENTITY, SECRETS,
@@ -32,6 +33,8 @@ use crate::{
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Mix keys, outside the copy-on-write file (see `slots.rs`).
+    keys: KeySlots,
 }
 
 impl fmt::Debug for Store {
@@ -138,12 +141,52 @@ impl Store {
             builder.set_cache_size(options.cache_size);
             builder.create(path).map_err(|e| Failure::from(e).at(path))
         })?;
-        let store = Store {
+        let keys = KeySlots::open(&Self::keys_path(path))?;
+        let mut store = Store {
             db,
             path: path.to_path_buf(),
+            keys,
         };
         store.initialise()?;
+        store.move_mix_keys_out()?;
         Ok(store)
+    }
+
+    /// Where the mix keys of the store at `path` are kept.
+    pub fn keys_path(path: &Path) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".keys");
+        PathBuf::from(name)
+    }
+
+    /// Moves mix keys a store of an earlier version kept in its
+    /// `mix_keys` table to the key file, then compacts the file so that
+    /// the pages that held them are dropped or reused.
+    fn move_mix_keys_out(&mut self) -> Result<(), StoreError> {
+        let old: Vec<(u32, Secret)> = self.read(|txn| {
+            let table = txn.open_table(MIX_KEYS)?;
+            let mut keys = Vec::new();
+            for entry in table.iter()? {
+                let (epoch, secret) = entry?;
+                keys.push((epoch.value(), Zeroizing::new(secret.value())));
+            }
+            Ok(keys)
+        })?;
+        if old.is_empty() {
+            return Ok(());
+        }
+        for (epoch, secret) in &old {
+            self.keys.put(*epoch, secret)?;
+        }
+        self.write(|txn| {
+            txn.open_table(MIX_KEYS)?.retain(|_, _| false)?;
+            Ok(())
+        })?;
+        let path = self.path.clone();
+        self.db
+            .compact()
+            .map_err(|e| Failure::from(redb::Error::from(e)).at(&path))?;
+        Ok(())
     }
 
     /// The file the store lives in.
@@ -223,45 +266,28 @@ impl Store {
 
     // ---- Mix keys and replay tags --------------------------------------
 
-    /// Stores (or replaces) the X25519 mix key secret of `epoch`.
+    /// Stores (or replaces) the X25519 mix key secret of `epoch`, in the
+    /// key file ([`Store::keys_path`]), durably.
     pub fn put_mix_key(&self, epoch: u32, secret: &[u8; 32]) -> Result<(), StoreError> {
-        self.write(|txn| {
-            txn.open_table(MIX_KEYS)?.insert(epoch, secret)?;
-            Ok(())
-        })
+        self.keys.put(epoch, secret)
     }
 
     /// Every stored mix key, by ascending epoch.
     pub fn mix_keys(&self) -> Result<Vec<(u32, Secret)>, StoreError> {
-        self.read(|txn| {
-            let table = txn.open_table(MIX_KEYS)?;
-            let mut keys = Vec::new();
-            for entry in table.iter()? {
-                let (epoch, secret) = entry?;
-                keys.push((epoch.value(), Zeroizing::new(secret.value())));
-            }
-            Ok(keys)
-        })
+        self.keys.keys()
     }
 
-    /// Deletes the mix keys of every epoch before `epoch`, and the replay
-    /// tags of those epochs. Returns how many keys were deleted.
-    ///
-    /// The keys are gone from the tables when this returns, but their bytes
-    /// may stay in free pages of the file until redb reuses them (see the
-    /// crate documentation).
+    /// Erases the mix keys of every epoch before `epoch` (zeros written
+    /// over them in the key file, then fsync), and deletes the replay tags
+    /// of those epochs. Returns how many keys were erased.
     pub fn delete_mix_keys_before(&self, epoch: u32) -> Result<usize, StoreError> {
+        let erased = self.keys.erase_before(epoch)?;
         self.write(|txn| {
-            let mut keys = txn.open_table(MIX_KEYS)?;
-            let mut deleted = 0;
-            for entry in keys.extract_from_if(..epoch, |_, _| true)? {
-                entry?;
-                deleted += 1;
-            }
             txn.open_table(REPLAY_TAGS)?
                 .retain_in(..(epoch, [0u8; 16]), |_, _| false)?;
-            Ok(deleted)
-        })
+            Ok(())
+        })?;
+        Ok(erased)
     }
 
     /// Records replay tags of `epoch`, all in one transaction: when this
