@@ -466,15 +466,23 @@ struct Partial {
 /// Puts fragmented messages back together, per sender, within fixed
 /// bounds: at most [`ReassemblyLimits::max_messages`] partial messages and
 /// [`ReassemblyLimits::max_bytes`] bytes, none older than
-/// [`ReassemblyLimits::timeout`]. When a bound is reached, the oldest
-/// partial messages are evicted.
+/// [`ReassemblyLimits::timeout`]. When a bound is reached, the partial
+/// messages that went longest without a new fragment are evicted.
+///
+/// Fragments arrive before anything says who sent them, so a stranger can
+/// send first fragments of messages it never finishes. Evicting by last
+/// progress rather than by age means such a flood must fill every slot
+/// between two fragments of an honest message (a fraction of a second on
+/// the payload stream), not merely over its whole assembly, before it
+/// costs anything; evictions are counted.
 ///
 /// `K` identifies the sender, so fragments of two senders never mix even
 /// if their message ids collide.
 pub struct Reassembler<K> {
     limits: ReassemblyLimits,
     partial: HashMap<(K, [u8; 16]), Partial>,
-    /// Insertion order of the partial messages: the first is the oldest.
+    /// The partial messages by when they last received a fragment: the
+    /// first went longest without one.
     order: BTreeMap<u64, (K, [u8; 16])>,
     next_order: u64,
     bytes: usize,
@@ -573,6 +581,11 @@ impl<K: Eq + Hash + Clone> Reassembler<K> {
             if p.received == p.count {
                 return Ok(self.complete(now, key));
             }
+            // Progress: to the back of the eviction order.
+            self.order.remove(&p.order);
+            p.order = self.next_order;
+            self.next_order += 1;
+            self.order.insert(p.order, key.clone());
             self.make_room(0, Some(&key));
             return Ok(None);
         }
@@ -680,8 +693,8 @@ impl<K: Eq + Hash + Clone> Reassembler<K> {
         Some(p)
     }
 
-    /// Evicts the oldest partial message other than `keep`; false if there
-    /// is none.
+    /// Evicts the partial message other than `keep` that went longest
+    /// without a fragment; false if there is none.
     fn evict_oldest(&mut self, keep: Option<&(K, [u8; 16])>) -> bool {
         let victim = self.order.values().find(|k| Some(*k) != keep).cloned();
         match victim {
@@ -1166,6 +1179,34 @@ mod tests {
             r.insert(Time(5), 0, m[2][1].clone()).unwrap(),
             Some(vec![2; 200])
         );
+    }
+
+    #[test]
+    fn a_flood_of_first_fragments_must_outpace_each_honest_fragment_to_evict_it() {
+        // 256 slots. Between two fragments of an honest 5-fragment message,
+        // a stranger starts 200 messages it never finishes: 800 in all,
+        // three times the slots. Evicting by age would drop the honest
+        // message; evicting by last progress drops the flood.
+        let mut r = Reassembler::new(limits(256, 1 << 30, 600));
+        let honest = fragment([0xaa; 16], &[7; 500], 123).unwrap();
+        assert_eq!(honest.len(), 5);
+        let mut flood = 0u32;
+        let mut out = None;
+        for (t, f) in honest.iter().enumerate() {
+            out = r.insert(Time(t as u64 * 600), 1, f.clone()).unwrap();
+            if out.is_some() {
+                break;
+            }
+            for _ in 0..200 {
+                flood += 1;
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&flood.to_le_bytes());
+                let first = fragment(id, &[0; 400], 123).unwrap().remove(0);
+                r.insert(Time(t as u64 * 600 + 1), 0, first).unwrap();
+            }
+        }
+        assert_eq!(out, Some(vec![7; 500]), "the honest message was evicted");
+        assert_eq!(r.stats().evicted, u64::from(flood) + 1 - 256);
     }
 
     #[test]

@@ -588,6 +588,58 @@ fn twenty_strangers_who_read_the_same_descriptor_are_all_heard() {
 }
 
 #[test]
+fn long_messages_get_through_a_flood_of_fragments_that_never_finish() {
+    // A stranger who knows bob's mixnet address sends him first fragments
+    // of messages it never completes, 150 a second, while alice sends long
+    // texts. Fragments arrive before anything says who sent them, so they
+    // share one reassembler; the flood may take every slot, but not
+    // between two fragments of alice's messages.
+    let mut w = World::new(21, 0.0, 0.0);
+    let (alice, bob) = (w.add_user("alice", 8), w.add_user("bob", 8));
+    w.connect(alice, bob, None);
+    let b_addr = w.address(bob);
+    let mut flood = 0u32;
+    let mut sent = Vec::new();
+    for k in 0..6u8 {
+        let text: String = std::iter::repeat_n(char::from(b'a' + k), 12_000).collect();
+        w.users[alice]
+            .messenger
+            .send_text(w.now, &b_addr, &text)
+            .unwrap();
+        sent.push(text);
+        for _ in 0..50 {
+            for _ in 0..15 {
+                flood += 1;
+                let mut id = [0xee; 16];
+                id[..4].copy_from_slice(&flood.to_le_bytes());
+                let first = chainmail_session::fragment(id, &[0; 6000], 1500)
+                    .unwrap()
+                    .remove(0);
+                w.users[bob]
+                    .messenger
+                    .handle_received(w.now, &first.encode().unwrap());
+            }
+            w.drain();
+            w.run(Duration::from_millis(100));
+        }
+    }
+    // Within the flood, without waiting for a resend (45 s).
+    let got = w.texts(bob, alice);
+    assert!(
+        got == sent,
+        "{} of {} long texts arrived during the flood",
+        got.len(),
+        sent.len()
+    );
+    assert_eq!(flood, 4500);
+    let stats = w.users[bob].messenger.stats();
+    assert!(
+        stats.malformed == 0 && stats.undecryptable == 0,
+        "{stats:?}"
+    );
+}
+
+#[test]
 fn a_strangers_request_without_enough_work_is_rejected() {
     let mut w = World::new(4, 0.0, 0.0);
     // Mallory's client mints no stamps; bob asks for 12 bits.
