@@ -374,6 +374,11 @@ pub(crate) fn render_metrics(
                 ("{reason=\"blocked\"}".into(), s.from_blocked),
                 ("{reason=\"duplicate\"}".into(), s.duplicates),
                 ("{reason=\"bad_descriptor\"}".into(), s.bad_descriptors),
+                ("{reason=\"contacts_full\"}".into(), s.requests_refused_full),
+                (
+                    "{reason=\"partial_evicted\"}".into(),
+                    s.partial_messages_evicted,
+                ),
             ],
         );
     }

@@ -367,6 +367,14 @@ pub struct MessengerStats {
     /// Messages encrypted and sent again because no receipt came.
     #[serde(default)]
     pub resent: u64,
+    /// Contact requests refused because the contact list is full
+    /// ([`MAX_CONTACTS`]).
+    #[serde(default)]
+    pub requests_refused_full: u64,
+    /// Partial messages whose fragments were dropped to make room in the
+    /// reassembler (before anything said who sent them).
+    #[serde(default)]
+    pub partial_messages_evicted: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -1431,7 +1439,10 @@ impl Messenger {
             self.stats.malformed += 1;
             return;
         };
-        let bytes = match self.reassembler.insert(now, (), fragment) {
+        let evicted = self.reassembler.stats().evicted;
+        let inserted = self.reassembler.insert(now, (), fragment);
+        self.stats.partial_messages_evicted += self.reassembler.stats().evicted - evicted;
+        let bytes = match inserted {
             Ok(Some(bytes)) => bytes,
             Ok(None) => return,
             Err(_) => {
@@ -1682,17 +1693,27 @@ impl Messenger {
             self.stats.malformed += 1;
             return;
         };
-        if request.reply.validate().is_err() || self.contacts.len() >= MAX_CONTACTS {
+        if request.reply.validate().is_err() {
             self.stats.malformed += 1;
             return;
         }
-        // Their suggested name, made unique among the contacts.
+        if self.contacts.len() >= MAX_CONTACTS {
+            self.stats.requests_refused_full += 1;
+            return;
+        }
+        // Their suggested name, made unique among the contacts: with a
+        // piece of their address if it is taken, so that a thousand
+        // requests all named "bob" cost one scan each, not a thousand.
         let base = sanitize_name(&request.name);
+        let taken = |name: &str| self.contacts.values().any(|c| c.name == name);
         let mut name = base.clone();
-        let mut n = 2;
-        while self.contacts.values().any(|c| c.name == name) {
-            name = format!("{base}-{n}");
-            n += 1;
+        if taken(&name) {
+            name = format!("{base}-{}", sender.short());
+            let mut n = 2;
+            while taken(&name) {
+                name = format!("{base}-{}-{n}", sender.short());
+                n += 1;
+            }
         }
         let curve_key = self
             .sessions

@@ -637,6 +637,47 @@ fn long_messages_get_through_a_flood_of_fragments_that_never_finish() {
         stats.malformed == 0 && stats.undecryptable == 0,
         "{stats:?}"
     );
+    // The flood's partial messages were evicted, and counted.
+    eprintln!(
+        "flood: {flood} unfinished messages, {} evicted; {} of {} long texts shown during it",
+        stats.partial_messages_evicted,
+        got.len(),
+        sent.len()
+    );
+    assert!(stats.partial_messages_evicted >= 4500 - 256, "{stats:?}");
+}
+
+#[test]
+fn requests_under_one_name_get_distinct_names_from_their_addresses() {
+    let mut w = World::new(15, 0.0, 0.0);
+    let bob = w.add_user("bob", 4);
+    let namesakes: Vec<usize> = (0..12).map(|_| w.add_user("alice", 4)).collect();
+    w.drain();
+    let b_addr = w.address(bob);
+    for &s in &namesakes {
+        w.users[s]
+            .messenger
+            .add_contact(w.now, b_addr, "bob", None)
+            .unwrap();
+    }
+    w.run_until_quiet();
+    let mut names: Vec<String> = w.users[bob]
+        .messenger
+        .contacts()
+        .map(|c| c.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), namesakes.len(), "{names:?}");
+    assert!(names.contains(&"alice".to_string()));
+    for &s in &namesakes {
+        let c = w.users[bob].messenger.contact(&w.address(s)).unwrap();
+        assert!(
+            c.name == "alice" || c.name == format!("alice-{}", w.address(s).short()),
+            "{}",
+            c.name
+        );
+    }
 }
 
 #[test]
