@@ -98,13 +98,14 @@ impl Preset {
 
 // Measured by `cargo bench -p chainmail-sim --bench anonymity -- --clients
 // 10000` (BENCHMARKS.md, "Anonymity"): mean entropy of a message's sender,
-// all mixes honest and 20 % of them corrupt.
-const LOW_BANDWIDTH_BITS: f64 = f64::NAN;
-const LOW_BANDWIDTH_CORRUPT_BITS: f64 = f64::NAN;
-const STANDARD_BITS: f64 = f64::NAN;
-const STANDARD_CORRUPT_BITS: f64 = f64::NAN;
-const STRONG_BITS: f64 = f64::NAN;
-const STRONG_CORRUPT_BITS: f64 = f64::NAN;
+// all mixes honest and 5 of the 24 mixes (20 %) corrupt. The ideal is
+// log2 10,000 = 13.29 bits.
+const LOW_BANDWIDTH_BITS: f64 = 11.11;
+const LOW_BANDWIDTH_CORRUPT_BITS: f64 = 10.98;
+const STANDARD_BITS: f64 = 11.51;
+const STANDARD_CORRUPT_BITS: f64 = 11.39;
+const STRONG_BITS: f64 = 13.13;
+const STRONG_CORRUPT_BITS: f64 = 13.11;
 
 /// A preset's sender anonymity as measured in simulation
 /// ([`Preset::measured_anonymity`]).
@@ -297,6 +298,22 @@ mod tests {
         let bytes_per_s =
             Preset::Standard.rates().client_packets_per_s() * chainmail_packet::PACKET_SIZE as f64;
         assert!(bytes_per_s <= 4000.0, "{bytes_per_s} B/s");
+    }
+
+    #[test]
+    fn status_names_the_preset_and_its_measured_anonymity() {
+        let line = Preset::Standard.rates().anonymity_line();
+        assert!(line.starts_with("preset standard: "), "{line}");
+        assert!(line.contains("about 2916 of 10000 clients"), "{line}");
+        assert!(line.contains("H = 11.5 bits"), "{line}");
+        for p in Preset::ALL {
+            let m = p.measured_anonymity();
+            assert!(m.mean_bits.is_finite() && m.mean_bits <= 10_000f64.log2());
+            assert!(m.corrupt_mean_bits <= m.mean_bits);
+        }
+        let mut custom = Preset::Standard.rates();
+        custom.mean_delay_ms = 40.0;
+        assert!(custom.anonymity_line().starts_with("custom traffic rates"));
     }
 
     #[test]
