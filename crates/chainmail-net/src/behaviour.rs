@@ -40,6 +40,8 @@ const KAD_OVERHEAD: usize = 16 * 1024;
 #[derive(NetworkBehaviour)]
 pub(crate) struct NodeBehaviour {
     pub(crate) limits: connection_limits::Behaviour,
+    /// Inbound connections per source (IP address, IPv6 /64).
+    pub(crate) sources: crate::sources::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -209,7 +211,14 @@ impl NodeBehaviour {
                 max_inbound_streams: limits.max_inbound_packet_streams_per_peer,
                 outbound_queue: limits.outbound_queue_frames,
                 negotiation_timeout: timeouts.stream_negotiation,
+                source_rate: limits.source_packet_rate,
+                limit_loopback: limits.limit_loopback,
             },
+            counters.clone(),
+        );
+        let sources = crate::sources::Behaviour::new(
+            limits.max_connections_per_source,
+            limits.limit_loopback,
             counters,
         );
 
@@ -247,6 +256,7 @@ impl NodeBehaviour {
 
         Ok(Self {
             limits: connection_limits,
+            sources,
             identify,
             ping,
             kad,

@@ -78,6 +78,23 @@ pub struct Limits {
     /// connections. Frames over the limit are dropped and counted.
     /// Default 1000 frames/s (2 MB/s), burst 1000.
     pub packet_rate: RateLimit,
+    /// Rate limit on inbound frames from one source (an IPv4 address, an
+    /// IPv6 /64), over all its peers and connections: a fresh peer id does
+    /// not buy a fresh budget. Frames over it are dropped and counted
+    /// ([`DroppedFrames::source_limited`](crate::DroppedFrames::source_limited)).
+    /// Relayed connections count against their relay's limits instead.
+    /// Default 4000 frames/s, burst 4000: room for a few nodes behind one
+    /// NAT.
+    pub source_packet_rate: RateLimit,
+    /// Inbound connections from one source at once (an IPv4 address, an
+    /// IPv6 /64); more are refused before the handshake and counted in
+    /// [`NetMetrics::connections_refused_per_source`](crate::NetMetrics::connections_refused_per_source).
+    /// Default 16.
+    pub max_connections_per_source: u32,
+    /// Whether the per-source limits apply to loopback addresses too. Off
+    /// by default: every node of a network on one machine shares
+    /// 127.0.0.1.
+    pub limit_loopback: bool,
     /// How many over-limit frames a peer may send before its packet stream
     /// is reset. The count drains at `packet_rate.frames_per_second`, so a
     /// peer slightly over the limit only loses frames, while a peer sending
@@ -183,6 +200,12 @@ impl Default for Limits {
                 burst: 1000,
             },
             flood_tolerance: 2000,
+            source_packet_rate: RateLimit {
+                frames_per_second: 4000,
+                burst: 4000,
+            },
+            max_connections_per_source: 16,
+            limit_loopback: false,
             outbound_queue_frames: 1024,
             max_request_size: 64 * 1024,
             max_response_size: 1024 * 1024,
@@ -366,7 +389,7 @@ impl NetConfig {
             }
         }
         let l = &self.limits;
-        let nonzero: [(&'static str, u64); 22] = [
+        let nonzero: [(&'static str, u64); 25] = [
             ("limits.max_connections", l.max_connections.into()),
             (
                 "limits.max_connections_per_peer",
@@ -394,6 +417,18 @@ impl NetConfig {
             ),
             ("limits.packet_rate.burst", l.packet_rate.burst.into()),
             ("limits.flood_tolerance", l.flood_tolerance.into()),
+            (
+                "limits.source_packet_rate.frames_per_second",
+                l.source_packet_rate.frames_per_second.into(),
+            ),
+            (
+                "limits.source_packet_rate.burst",
+                l.source_packet_rate.burst.into(),
+            ),
+            (
+                "limits.max_connections_per_source",
+                l.max_connections_per_source.into(),
+            ),
             (
                 "limits.outbound_queue_frames",
                 l.outbound_queue_frames as u64,

@@ -16,6 +16,7 @@ mod metrics;
 mod packet;
 mod protocol;
 mod redial;
+mod sources;
 mod topics;
 
 pub use addrs::AddressScope;

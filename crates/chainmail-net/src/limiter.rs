@@ -56,6 +56,23 @@ impl TokenBucket {
     }
 }
 
+/// The packet budget of one source (IP address), shared by all its peers.
+#[derive(Debug)]
+pub(crate) struct SourceBucket(Mutex<TokenBucket>);
+
+impl SourceBucket {
+    pub(crate) fn new(limit: RateLimit, now: Instant) -> Self {
+        SourceBucket(Mutex::new(TokenBucket::new(limit, now)))
+    }
+
+    fn try_take(&self, now: Instant) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .try_take(now)
+    }
+}
+
 /// What to do with one complete inbound frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -63,6 +80,8 @@ pub(crate) enum Admission {
     Accept,
     /// Over the limit: drop it.
     Drop,
+    /// Within the peer's limit, over its source's: drop it.
+    SourceDrop,
     /// Over the limit, and the peer has been far over it for a while: drop
     /// it and reset the stream.
     Reset,
@@ -117,13 +136,14 @@ impl PeerInbound {
     }
 }
 
-/// A [`PeerInbound`] shared between the connection handlers of one peer.
+/// A [`PeerInbound`] shared between the connection handlers of one peer,
+/// with the budget of the source it connects from.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedInbound(Arc<Mutex<PeerInbound>>);
+pub(crate) struct SharedInbound(Arc<Mutex<PeerInbound>>, Option<Arc<SourceBucket>>);
 
 impl SharedInbound {
-    pub(crate) fn new(state: PeerInbound) -> Self {
-        Self(Arc::new(Mutex::new(state)))
+    pub(crate) fn new(state: PeerInbound, source: Option<Arc<SourceBucket>>) -> Self {
+        Self(Arc::new(Mutex::new(state)), source)
     }
 
     fn lock(&self) -> MutexGuard<'_, PeerInbound> {
@@ -134,8 +154,16 @@ impl SharedInbound {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The peer's limit first (a flooding peer is cut off by it), then its
+    /// source's.
     pub(crate) fn admit(&self, now: Instant) -> Admission {
-        self.lock().admit(now)
+        match self.lock().admit(now) {
+            Admission::Accept => match &self.1 {
+                Some(source) if !source.try_take(now) => Admission::SourceDrop,
+                _ => Admission::Accept,
+            },
+            other => other,
+        }
     }
 
     /// Registers a new inbound stream, unless the peer is at its cap.
@@ -213,7 +241,7 @@ mod tests {
             match peer.admit(t) {
                 Admission::Accept => accepted += 1,
                 Admission::Drop => {}
-                Admission::Reset => panic!("reset at frame {i}"),
+                Admission::Reset | Admission::SourceDrop => panic!("{i}: cut off"),
             }
         }
         assert!((995..=1010).contains(&accepted), "{accepted}");
@@ -221,11 +249,40 @@ mod tests {
 
     #[test]
     fn stream_slots_are_capped_and_freed() {
-        let shared = SharedInbound::new(PeerInbound::new(LIMIT, 1, 2, now()));
+        let shared = SharedInbound::new(PeerInbound::new(LIMIT, 1, 2, now()), None);
         let a = shared.open_stream().unwrap();
         let _b = shared.open_stream().unwrap();
         assert!(shared.open_stream().is_none());
         drop(a);
         assert!(shared.open_stream().is_some());
+    }
+
+    #[test]
+    fn fresh_peer_ids_from_one_source_share_its_budget() {
+        let t0 = now();
+        let source = Arc::new(SourceBucket::new(
+            RateLimit {
+                frames_per_second: 10,
+                burst: 8,
+            },
+            t0,
+        ));
+        // Four peers of one source, each within its own limit (burst 5):
+        // together they get the source's 8 frames and no more.
+        let peers: Vec<SharedInbound> = (0..4)
+            .map(|_| SharedInbound::new(PeerInbound::new(LIMIT, 100, 1, t0), Some(source.clone())))
+            .collect();
+        let accepted = peers
+            .iter()
+            .flat_map(|p| (0..5).map(move |_| p.admit(t0)))
+            .filter(|a| *a == Admission::Accept)
+            .count();
+        assert_eq!(accepted, 8);
+        // A fifth fresh peer id buys nothing.
+        let fresh = SharedInbound::new(PeerInbound::new(LIMIT, 100, 1, t0), Some(source.clone()));
+        assert_eq!(fresh.admit(t0), Admission::SourceDrop);
+        // A peer of another source is not affected.
+        let other = SharedInbound::new(PeerInbound::new(LIMIT, 100, 1, t0), None);
+        assert_eq!(other.admit(t0), Admission::Accept);
     }
 }

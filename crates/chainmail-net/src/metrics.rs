@@ -9,6 +9,8 @@ pub(crate) struct Counters {
     pub(crate) frames_in: AtomicU64,
     pub(crate) frames_out: AtomicU64,
     pub(crate) dropped_rate_limited: AtomicU64,
+    pub(crate) dropped_source_limited: AtomicU64,
+    pub(crate) connections_refused_per_source: AtomicU64,
     pub(crate) dropped_malformed: AtomicU64,
     pub(crate) dropped_queue_full: AtomicU64,
     pub(crate) dropped_no_connection: AtomicU64,
@@ -56,6 +58,7 @@ impl Counters {
             frames_out: get(&self.frames_out),
             frames_dropped: DroppedFrames {
                 rate_limited: get(&self.dropped_rate_limited),
+                source_limited: get(&self.dropped_source_limited),
                 malformed: get(&self.dropped_malformed),
                 queue_full: get(&self.dropped_queue_full),
                 no_connection: get(&self.dropped_no_connection),
@@ -82,6 +85,7 @@ impl Counters {
             direct_out: get(&self.direct_out),
             hole_punches_failed: get(&self.hole_punches_failed),
             hole_punches_succeeded: get(&self.hole_punches_succeeded),
+            connections_refused_per_source: get(&self.connections_refused_per_source),
         }
     }
 }
@@ -93,6 +97,9 @@ impl Counters {
 pub struct DroppedFrames {
     /// Inbound frames over the peer's rate limit.
     pub rate_limited: u64,
+    /// Inbound frames within their peer's limit but over the limit of the
+    /// source (IP address) the peer connects from.
+    pub source_limited: u64,
     /// Inbound streams that ended inside a frame (the partial frame is
     /// dropped).
     pub malformed: u64,
@@ -164,4 +171,7 @@ pub struct NetMetrics {
     pub hole_punches_failed: u64,
     /// Hole punching attempts that gave a direct connection.
     pub hole_punches_succeeded: u64,
+    /// Inbound connections refused because their source (IP address)
+    /// already had as many as it may.
+    pub connections_refused_per_source: u64,
 }

@@ -5,10 +5,11 @@ mod common;
 use std::time::Duration;
 
 use chainmail_net::{
-    Multiaddr, NetError, NetEvent, ProtocolNames, RateLimit, RequestKind, Verdict,
+    Multiaddr, Net, NetError, NetEvent, NetHandle, ProtocolNames, RateLimit, RequestKind, Verdict,
 };
 use common::*;
 use libp2p::futures::AsyncWriteExt;
+use libp2p::multiaddr::Protocol;
 
 async fn exchange_frames(name: &str, listen: Vec<Multiaddr>) {
     let net = network(name);
@@ -929,6 +930,114 @@ async fn community_topic_counts_are_capped() {
         })
         .await;
         assert_eq!(bytes, b"descriptor of p");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_peer_ids_from_one_address_share_its_connections_and_budget() {
+    // Peer ids cost nothing: twelve of them on 127.0.0.1 try to connect
+    // and flood, each within its own per-peer limit. The victim counts
+    // 127.0.0.1 as one source (loopback is limited here on purpose): four
+    // connections, 300 frames/s between them. An honest peer on ::1 (a
+    // source of its own) is served meanwhile.
+    init_tracing();
+    within(async {
+        let net = network("sources");
+        let mut v_config = config(
+            &net,
+            vec![
+                "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+                "/ip6/::1/tcp/0".parse().unwrap(),
+            ],
+        );
+        v_config.limits.limit_loopback = true;
+        v_config.limits.max_connections_per_source = 4;
+        v_config.limits.source_packet_rate = RateLimit {
+            frames_per_second: 300,
+            burst: 300,
+        };
+        let (handle, mut events) = Net::spawn(v_config).expect("driver starts");
+        let v_peer = handle.local_peer_id();
+        let mut v4 = None;
+        let mut v6 = None;
+        while v4.is_none() || v6.is_none() {
+            let addr = wait_for(&mut events, |event| match event {
+                NetEvent::ListeningOn { addr } => Some(addr),
+                _ => None,
+            })
+            .await;
+            if addr.to_string().starts_with("/ip4/") {
+                v4 = Some(addr.with(Protocol::P2p(v_peer)));
+            } else {
+                v6 = Some(addr.with(Protocol::P2p(v_peer)));
+            }
+        }
+        let (v4, v6) = (v4.unwrap(), v6.unwrap());
+        let mut victim = Node {
+            handle,
+            events,
+            peer: v_peer,
+            addr: v4.clone(),
+        };
+
+        let mut attackers = Vec::new();
+        for _ in 0..12 {
+            let (h, e) = Net::spawn(config(&net, tcp())).unwrap();
+            let _ = h.dial(v4.clone()).await;
+            attackers.push((h, e));
+        }
+        let (good, _good_events) = Net::spawn(config(
+            &net,
+            vec!["/ip6/::1/tcp/0".parse().unwrap()],
+        ))
+        .unwrap();
+        let good_peer = good.local_peer_id();
+        good.dial(v6).await.unwrap();
+        wait_connected(&mut victim, good_peer).await;
+        let handle = victim.handle.clone();
+        eventually("eight attackers refused", || {
+            handle.metrics().connections_refused_per_source >= 8
+        })
+        .await;
+
+        // Every attacker that got in sends 400 frames at once: within its
+        // own limit (1000/s, burst 1000), far over the source's.
+        let mut connected: Vec<NetHandle> = Vec::new();
+        for (h, _) in &attackers {
+            if h.connected_peers().await.unwrap().contains(&v_peer) {
+                connected.push(h.clone());
+            }
+        }
+        assert!(!connected.is_empty() && connected.len() <= 4, "{}", connected.len());
+        let flood = tokio::spawn(async move {
+            for h in connected {
+                for i in 0..400 {
+                    let _ = h.send_packet(v_peer, frame(9, i)).await;
+                }
+            }
+        });
+        // The honest peer sends 100 frames, 10 ms apart.
+        for i in 0..100 {
+            good.send_packet(v_peer, frame(4, i)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        flood.await.unwrap();
+        let got = receive_frames(&mut victim.events, good_peer, 100).await;
+        assert!(got.iter().all(|f| frame_index_ok(f)));
+        let handle = victim.handle.clone();
+        eventually("the flood counted against its source", || {
+            handle.metrics().frames_dropped.source_limited > 0
+        })
+        .await;
+        let m = victim.handle.metrics();
+        eprintln!(
+            "sources: {} connections refused; {} flood frames over the source's budget; honest 100 of 100",
+            m.connections_refused_per_source, m.frames_dropped.source_limited
+        );
+        // At most the source's burst and rate got through from 127.0.0.1.
+        let flood_in = m.frames_in - 100;
+        assert!(flood_in <= 300 + 300 * 5, "{flood_in}");
     })
     .await;
 }

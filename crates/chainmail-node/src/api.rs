@@ -503,11 +503,21 @@ pub(crate) fn render_metrics(
         "Frames dropped by the network layer, by reason.",
         &[
             ("{reason=\"rate_limited\"}".into(), d.rate_limited),
+            ("{reason=\"source_limited\"}".into(), d.source_limited),
             ("{reason=\"malformed\"}".into(), d.malformed),
             ("{reason=\"queue_full\"}".into(), d.queue_full),
             ("{reason=\"no_connection\"}".into(), d.no_connection),
             ("{reason=\"event_queue_full\"}".into(), d.event_queue_full),
         ],
+    );
+    counter(
+        &mut out,
+        "chainmail_net_connections_refused_total",
+        "Inbound connections refused because their source (IP address, IPv6 /64) had as many as it may.",
+        &[(
+            "{reason=\"per_source\"}".into(),
+            net.connections_refused_per_source,
+        )],
     );
     counter(
         &mut out,
@@ -519,18 +529,15 @@ pub(crate) fn render_metrics(
         ],
     );
     if let Some(st) = store {
+        // Totals only: a mailbox id as a label would tell whoever reads
+        // the metrics which mailboxes are busy when.
         let _ = writeln!(
             out,
-            "# HELP chainmail_mailbox_items Items held in mailboxes.\n# TYPE chainmail_mailbox_items gauge"
+            "# HELP chainmail_mailboxes Mailboxes holding items.\n# TYPE chainmail_mailboxes gauge\nchainmail_mailboxes {}\n\
+             # HELP chainmail_mailbox_items Items held in all mailboxes.\n# TYPE chainmail_mailbox_items gauge\nchainmail_mailbox_items {}",
+            st.mailboxes.iter().filter(|m| m.items > 0).count(),
+            st.mailboxes.iter().map(|m| m.items).sum::<u64>()
         );
-        for m in st.mailboxes.iter().take(1000) {
-            let _ = writeln!(
-                out,
-                "chainmail_mailbox_items{{mailbox=\"{}\"}} {}",
-                hex(&m.mailbox[..4]),
-                m.items
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP chainmail_mailbox_bytes_total Bytes held in all mailboxes.\n# TYPE chainmail_mailbox_bytes_total gauge\nchainmail_mailbox_bytes_total {}",

@@ -315,6 +315,7 @@ fn read_frames(reader: Reader) -> BoxStream<'static, Box<Frame>> {
                         return Some((buf, Some(reader)));
                     }
                     Admission::Drop => inc(&reader.counters.dropped_rate_limited),
+                    Admission::SourceDrop => inc(&reader.counters.dropped_source_limited),
                     Admission::Reset => {
                         inc(&reader.counters.dropped_rate_limited);
                         inc(&reader.counters.packet_streams_reset);

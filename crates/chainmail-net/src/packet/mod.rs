@@ -9,6 +9,7 @@ mod handler;
 
 use std::{
     collections::{HashMap, VecDeque},
+    net::IpAddr,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -28,7 +29,7 @@ use self::handler::{Handler, HandlerEvent};
 use crate::{
     Frame,
     config::RateLimit,
-    limiter::{PeerInbound, SharedInbound, now},
+    limiter::{PeerInbound, SharedInbound, SourceBucket, now},
     metrics::{Counters, inc},
 };
 
@@ -46,6 +47,10 @@ pub(crate) struct Config {
     pub(crate) max_inbound_streams: usize,
     pub(crate) outbound_queue: usize,
     pub(crate) negotiation_timeout: Duration,
+    /// Frames per second from one source over all its peers.
+    pub(crate) source_rate: RateLimit,
+    /// Whether loopback addresses count as sources.
+    pub(crate) limit_loopback: bool,
 }
 
 /// Events of the packet behaviour.
@@ -71,6 +76,9 @@ pub(crate) struct Behaviour {
     config: Config,
     counters: Arc<Counters>,
     peers: HashMap<PeerId, Peer>,
+    /// The packet budget of each source, shared by its peers (dropped
+    /// when no peer holds it).
+    sources: HashMap<IpAddr, std::sync::Weak<SourceBucket>>,
     events: VecDeque<Event>,
 }
 
@@ -80,8 +88,21 @@ impl Behaviour {
             config,
             counters,
             peers: HashMap::new(),
+            sources: HashMap::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// The budget of the source `remote` counts against, if any.
+    fn source_bucket(&mut self, remote: &Multiaddr) -> Option<Arc<SourceBucket>> {
+        let source = crate::sources::source_of(remote, self.config.limit_loopback)?;
+        if let Some(bucket) = self.sources.get(&source).and_then(std::sync::Weak::upgrade) {
+            return Some(bucket);
+        }
+        self.sources.retain(|_, b| b.strong_count() > 0);
+        let bucket = Arc::new(SourceBucket::new(self.config.source_rate, now()));
+        self.sources.insert(source, Arc::downgrade(&bucket));
+        Some(bucket)
     }
 
     /// Queues `frame` for `peer`. Never blocks: when the peer has no
@@ -106,16 +127,29 @@ impl Behaviour {
         inc(&self.counters.dropped_no_connection);
     }
 
-    fn new_handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
+    fn new_handler(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        remote: &Multiaddr,
+    ) -> Handler {
         let (sender, receiver) = mpsc::channel(self.config.outbound_queue);
+        let source = if self.peers.contains_key(&peer) {
+            None
+        } else {
+            self.source_bucket(remote)
+        };
         let config = &self.config;
         let state = self.peers.entry(peer).or_insert_with(|| Peer {
-            inbound: SharedInbound::new(PeerInbound::new(
-                config.rate,
-                config.flood_tolerance,
-                config.max_inbound_streams,
-                now(),
-            )),
+            inbound: SharedInbound::new(
+                PeerInbound::new(
+                    config.rate,
+                    config.flood_tolerance,
+                    config.max_inbound_streams,
+                    now(),
+                ),
+                source,
+            ),
             connections: Vec::new(),
         });
         state.connections.push(Connection {
@@ -156,20 +190,20 @@ impl NetworkBehaviour for Behaviour {
         connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.new_handler(peer, connection))
+        Ok(self.new_handler(peer, connection, remote))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
         connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        addr: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.new_handler(peer, connection))
+        Ok(self.new_handler(peer, connection, addr))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
