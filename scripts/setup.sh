@@ -61,3 +61,20 @@ ensure_netlab_tools() {
         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 nftables iptables \
         || die "cannot install the network lab's tools: apt-get install iproute2 nftables iptables"
 }
+
+# The fuzz targets (scripts/fuzz-smoke): cargo-fuzz from crates.io, and a
+# compiler that takes libFuzzer's flags: rustup's nightly if it is there,
+# else the stable compiler with its unstable flags unlocked.
+ensure_fuzz_tools() {
+    if ! command -v cargo-fuzz >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked --version 0.13.2 \
+            || die "cannot install cargo-fuzz: cargo install cargo-fuzz"
+    fi
+    if rustup run nightly rustc --version >/dev/null 2>&1; then
+        FUZZ_TOOLCHAIN=(+nightly)
+    else
+        FUZZ_TOOLCHAIN=()
+        export RUSTC_BOOTSTRAP=1
+    fi
+}
