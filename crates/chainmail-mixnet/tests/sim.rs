@@ -698,6 +698,24 @@ fn a_surb_that_starts_at_a_strangers_node_is_never_used() {
 /// allowed, while ten clients exchange messages. The weeks-long ones are
 /// refused outright; the flood gets at most an equal share of a (small)
 /// delay queue; every honest message arrives.
+/// The time, the epoch and its directory, for an attacker that builds its
+/// own packets.
+fn current_directory(
+    sim: &Sim,
+) -> (
+    Time,
+    chainmail_packet::Epoch,
+    chainmail_mixnet::EpochDirectory,
+) {
+    let now = sim.now();
+    let epoch = sim.mixnet.params.epoch_at(now);
+    let directory = sim
+        .mixnet
+        .descriptors
+        .epoch_directory(epoch, &sim.mixnet.params, now);
+    (now, epoch, directory)
+}
+
 #[test]
 fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
     let cfg = SimConfig {
@@ -719,12 +737,7 @@ fn a_neighbour_that_floods_the_delay_queue_gets_its_share_and_no_more() {
     let mut held_for_weeks = 0u64;
     let mut flood = 0u64;
     let outcome = sim.run_with(|sim| {
-        let now = sim.now();
-        let epoch = sim.mixnet.params.epoch_at(now);
-        let directory = sim
-            .mixnet
-            .descriptors
-            .epoch_directory(epoch, &sim.mixnet.params, now);
+        let (now, epoch, directory) = current_directory(sim);
         let entry = directory.provider(&sim.mixnet.nodes[0].id()).unwrap();
         let exit = directory.provider(&sim.mixnet.nodes[1].id()).unwrap();
         let mut packet = |first_delay: u32| {
@@ -806,12 +819,7 @@ fn a_flood_past_the_replay_filters_sizing_drops_no_honest_packet_as_a_replay() {
     let mut rng = StdRng::seed_from_u64(101);
     let mut flood = 0u64;
     let outcome = sim.run_with(|sim| {
-        let now = sim.now();
-        let epoch = sim.mixnet.params.epoch_at(now);
-        let directory = sim
-            .mixnet
-            .descriptors
-            .epoch_directory(epoch, &sim.mixnet.params, now);
+        let (now, epoch, directory) = current_directory(sim);
         let entry = directory.provider(&sim.mixnet.nodes[0].id()).unwrap();
         let exit = directory.provider(&sim.mixnet.nodes[1].id()).unwrap();
         for _ in 0..60 {

@@ -215,13 +215,22 @@ fn unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
         format!("localhost:{port}"),
         format!("[::1]:{port}"),
     ];
+    // With this port, or with none (HTTP's default would be 80, but no
+    // page can make a browser send a bare loopback Host for another name).
+    let is_local = |h: &str| {
+        local.iter().any(|l| {
+            l.eq_ignore_ascii_case(h)
+                || l.rsplit_once(':')
+                    .is_some_and(|(name, _)| name.eq_ignore_ascii_case(h))
+        })
+    };
     let host = headers.get("host").and_then(|v| v.to_str().ok());
-    if !host.is_some_and(|h| local.iter().any(|l| l.eq_ignore_ascii_case(h))) {
+    if !host.is_some_and(is_local) {
         state.refused.host.fetch_add(1, Ordering::Relaxed);
         return Some(
             (
                 StatusCode::FORBIDDEN,
-                "the local API answers only requests addressed to 127.0.0.1, localhost or [::1] with its port\n",
+                "the local API answers only requests addressed to 127.0.0.1, localhost or [::1] (and its own port)\n",
             )
                 .into_response(),
         );

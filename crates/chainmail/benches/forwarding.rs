@@ -58,11 +58,7 @@ async fn run(packets: usize) {
         format!("[network]\nid = \"{network_id}\"\nname = \"forwarding bench\"\nlocal = true\n"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let node_dir = dir.path().join("node");
     let node =
         support::MixNode::start(&dir.path().join("network.toml"), &node_dir, port, 1_000_000);

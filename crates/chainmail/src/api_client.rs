@@ -39,9 +39,10 @@ async fn request<T: DeserializeOwned>(
         .transpose()?
         .unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         info.token,
-        body.len()
+        body.len(),
+        port = info.port
     );
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(&body).await?;

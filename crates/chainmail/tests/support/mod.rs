@@ -7,6 +7,15 @@ use std::time::{Duration, Instant};
 use chainmail_mixnet::{NodeDescriptor, Time, network_hash};
 use chainmail_net::{NetHandle, PeerId};
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The wall clock as the cores' time.
 pub fn now() -> Time {
     Time(
