@@ -45,9 +45,23 @@ pub enum Recorded {
 #[derive(Clone)]
 struct Slice {
     bits: Vec<u64>,
+    /// Bits set, kept as they are set (the fill gives the rate).
+    set: u64,
     hashes: u32,
     len: u64,
     capacity: u64,
+}
+
+/// Where `tag` goes in a slice of `words` words with `hashes` hash
+/// functions: (word, mask) pairs, by double hashing over the tag's halves.
+fn positions(words: usize, hashes: u32, tag: &ReplayTag) -> impl Iterator<Item = (usize, u64)> {
+    let m = (words * 64) as u64;
+    let h1 = u64::from_le_bytes(tag.0[..8].try_into().unwrap_or([0; 8]));
+    let h2 = u64::from_le_bytes(tag.0[8..].try_into().unwrap_or([0; 8])) | 1;
+    (0..u64::from(hashes)).map(move |i| {
+        let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
+        ((bit / 64) as usize, 1u64 << (bit % 64))
+    })
 }
 
 impl Slice {
@@ -58,39 +72,30 @@ impl Slice {
         let bits = (capacity as f64 * -p.ln() / (ln2 * ln2)).ceil() as u64;
         Slice {
             bits: vec![0; bits.div_ceil(64).max(1) as usize],
+            set: 0,
             hashes: (-p.log2()).ceil().max(1.0) as u32,
             len: 0,
             capacity,
         }
     }
 
-    fn positions(&self, tag: &ReplayTag) -> impl Iterator<Item = (usize, u64)> {
-        let m = (self.bits.len() * 64) as u64;
-        let h1 = u64::from_le_bytes(tag.0[..8].try_into().unwrap_or([0; 8]));
-        let h2 = u64::from_le_bytes(tag.0[8..].try_into().unwrap_or([0; 8])) | 1;
-        (0..u64::from(self.hashes)).map(move |i| {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % m;
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
-    }
-
     fn contains(&self, tag: &ReplayTag) -> bool {
-        self.positions(tag)
-            .all(|(word, mask)| self.bits[word] & mask != 0)
+        positions(self.bits.len(), self.hashes, tag).all(|(word, mask)| self.bits[word] & mask != 0)
     }
 
     fn insert(&mut self, tag: &ReplayTag) {
-        let positions: Vec<(usize, u64)> = self.positions(tag).collect();
-        for (word, mask) in positions {
-            self.bits[word] |= mask;
+        for (word, mask) in positions(self.bits.len(), self.hashes, tag) {
+            if self.bits[word] & mask == 0 {
+                self.bits[word] |= mask;
+                self.set += 1;
+            }
         }
         self.len += 1;
     }
 
     /// The chance that a fresh tag looks recorded: (bits set / bits)^k.
     fn false_positive_rate(&self) -> f64 {
-        let set: u64 = self.bits.iter().map(|w| u64::from(w.count_ones())).sum();
-        let fill = set as f64 / (self.bits.len() * 64) as f64;
+        let fill = self.set as f64 / (self.bits.len() * 64) as f64;
         fill.powi(self.hashes as i32)
     }
 }
